@@ -1,0 +1,105 @@
+r"""AdaptSegNet: "Learning to Adapt Structured Output Space for Semantic Segmentation" (Tsai et al., CVPR 2018).
+
+Default (no preset): multi-level output-space adaptation, GTA5 -> Cityscapes, DeepLab-v2 ResNet-101, with the
+official code's hyper-parameters (Table 1 "Ours (multi-level)": 42.4 mIoU, 19 classes, 150k iterations on one
+12 GB GPU in the paper). Needs prepared gta5 / cityscapes_uda datasets and the DeepLab init weights:
+
+  python -m uda_jax.tools.import_torch --arch deeplabv2_resnet101 \
+      --input DeepLab_resnet_pretrained_init-f81d91e8.pth --output weights/deeplab_init
+  python -m uda_jax.main --config configs/adaptsegnet.py --workdir runs/multi \
+      --config.init_from=weights/deeplab_init
+
+Presets (`configs/adaptsegnet.py:NAME`, combine with commas, e.g. `:toy,single_level`), paper rows:
+  multi_level       Table 1 Ours (multi-level)   42.4   (the default)
+  single_level      Table 1 Ours (single-level)  41.4   lambda_adv 1e-3, main head only
+  feature           Table 1 Ours (feature)       39.3   single-level, D on layer4 features
+  lsgan             Table 7 (Appendix A) LS-GAN  44.1   single-level, least-squares objective
+  source_only       Table 1 Baseline (ResNet)    36.6   no adaptation
+  oracle            train on the labelled target training split (Table 2 "Oracle": 65.1)
+  output_LAMBDA     Table 3 output-space sweep, LAMBDA in 0.0005 / 0.001 / 0.002 / 0.004 -> 40.2 / 41.4 / 40.4 / 40.1
+  feature_LAMBDA    Table 3 feature-space sweep, same LAMBDAs -> 35.3 / 39.3 / 35.9 / 32.8
+  official_lr       backbone lr x3 as the official optimizer effectively steps it (see config_base.py)
+  toy               the embedded toy domain pair and a small ResNet; runs on a 2-core CPU:
+    python -m uda_jax.main --config configs/adaptsegnet.py:toy --workdir runs/toy
+  Toy results (2-core CPU, 1500 steps, ~5 min; mean +- std over seeds 0-2): see README.md "Toy benchmark".
+
+Where paper and official code differ, the default follows the code (it produced the published numbers):
+  2-branch ASPP (model.aspp_branches=4 is the paper's), BatchNorm with per-batch statistics in training
+  (model.bn_mode='frozen' is the alternative), no Nesterov (optim.nesterov=True is the paper's), weight decay
+  5e-4 (paper: 1e-4), discriminator without its final upsampling, source label 0 / target label 1.
+"""
+
+from uda_jax import config_base
+from uda_jax.errors import UserError
+
+SWEEP = ("0.0005", "0.001", "0.002", "0.004")
+
+
+def _single_level(c):
+  c.model.multi_level = False
+  c.loss.lambda_adv_main = 1e-3
+  return c
+
+
+def _feature(c):
+  c = _single_level(c)
+  c.disc.input = "features"
+  return c
+
+
+def _lsgan(c):
+  c = _single_level(c)
+  c.loss.gan = "ls"
+  return c
+
+
+def _source_only(c):
+  c.method = "source_only"
+  return c
+
+
+def _oracle(c):
+  c = _source_only(c)
+  c.data.source, c.data.source_split = c.data.target, c.data.target_split
+  c.data.source_label_map = c.data.eval_label_map
+  c.data.source_size = c.data.target_size
+  return c
+
+
+def _official_lr(c):
+  c.optim.backbone_lr_mult = 3.0
+  return c
+
+
+def _sweep(space, value):
+  def apply(c):
+    c = _feature(c) if space == "feature" else _single_level(c)
+    c.loss.lambda_adv_main = float(value)
+    return c
+  return apply
+
+
+PRESETS = {
+    "multi_level": lambda c: c,
+    "single_level": _single_level,
+    "feature": _feature,
+    "lsgan": _lsgan,
+    "source_only": _source_only,
+    "oracle": _oracle,
+    "official_lr": _official_lr,
+    "toy": config_base.toy,
+    **{f"{space}_{v}": _sweep(space, v) for space in ("output", "feature") for v in SWEEP},
+}
+
+
+def get_config(arg: str | None = None):
+  c = config_base.base_config()
+  names = [n for n in (arg or "").split(",") if n]
+  unknown = [n for n in names if n not in PRESETS]
+  if unknown:
+    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/adaptsegnet.py; "
+                    f"known: {', '.join(PRESETS)}")
+  # 'toy' first, so paper presets then apply on top of the toy data and network; 'oracle' last, as it copies data fields.
+  for n in sorted(names, key=lambda n: (n != "toy", n == "oracle")):
+    c = PRESETS[n](c)
+  return c

@@ -1,0 +1,314 @@
+"""tf.data input pipelines: exact, resumable, multi-host.
+
+The global batch of training step s is a pure function of (seed, s): example indices come from a per-epoch
+permutation seeded by (seed, epoch, stream), read by random access from the prepared array_record files. A run
+resumed at step s therefore sees exactly the batches an uninterrupted run sees, and every process reads only
+its contiguous slice of the global batch. Python only picks indices and fetches serialized records; parsing,
+PNG decoding, resizing, label mapping and normalisation run in tf.data graph functions on tf.data's threads.
+
+`data_cfg` is `config.data` (an ml_collections.ConfigDict or any object with the same attributes):
+  data_dir ('' = tfds default), source / source_split, target / target_split, eval / eval_split (tfds names
+  like 'uda_toy/source'), source_label_map / eval_label_map (keys of labels.LABEL_MAPS), source_size,
+  target_size, eval_size, eval_label_size ((H, W) or None = native), normalization, batch_size (global, per
+  domain), eval_batch_size (global), auto_prepare.
+"""
+
+import dataclasses
+import enum
+from typing import Any, Iterator, Sequence
+import zlib
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from uda_jax.data import builders
+from uda_jax.data import labels
+from uda_jax.errors import UserError  # A ValueError whose message main.py prints without a traceback.
+
+CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # B, G, R; 0-255 range.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalization(str, enum.Enum):
+  """How images are fed to the network; must match what the pretrained backbone was trained with."""
+
+  CAFFE_BGR = "caffe_bgr"  # Caffe ResNet / VGG weights: BGR, 0-255, minus the mean.
+  IMAGENET = "imagenet"  # torchvision weights: RGB / 255, minus mean, over std.
+  UNIT = "unit"  # [0, 1] RGB.
+
+
+def normalize(image: tf.Tensor, normalization: str | Normalization) -> tf.Tensor:
+  """RGB image [..., 3] (uint8, or float in 0-255) -> float32 network input."""
+  x = tf.cast(image, tf.float32)
+  kind = Normalization(normalization)
+  if kind is Normalization.CAFFE_BGR:
+    return x[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
+  if kind is Normalization.IMAGENET:
+    return (x / 255.0 - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
+  return x / 255.0
+
+
+def denormalize_np(x: np.ndarray, normalization: str | Normalization) -> np.ndarray:
+  """Inverse of `normalize` for visualisation: network input [..., 3] -> uint8 RGB."""
+  x = np.asarray(x, np.float32)
+  kind = Normalization(normalization)
+  if kind is Normalization.CAFFE_BGR:
+    rgb = (x + np.asarray(CAFFE_BGR_MEAN, np.float32))[..., ::-1]
+  elif kind is Normalization.IMAGENET:
+    rgb = (x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)) * 255.0
+  else:
+    rgb = x * 255.0
+  return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public iterators.
+
+
+def train_iterator(
+    data_cfg: Any, *, seed: int, start_step: int, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+  """Process-local training batches of steps start_step, start_step + 1, ... (forever).
+
+  Yields 'source_image' float32 [b, H, W, 3], 'source_label' int32 [b, H, W] (train ids, 255 ignore) and
+  'target_image' float32 [b, H', W', 3], with b = batch_size // process_count: this process's contiguous
+  slice of the global batch.
+  """
+  local = _local_batch(data_cfg.batch_size, process_index, process_count, "batch_size")
+  table = _label_table(_cfg(data_cfg, "source_label_map", "cityscapes_ids_to_19"), "source_label_map")
+  kwargs = dict(seed=seed, start_step=start_step, process_index=process_index, local=local)
+  source, source_errors = _train_stream(data_cfg, "source", label_table=table, **kwargs)
+  target, target_errors = _train_stream(data_cfg, "target", label_table=None, **kwargs)
+  ds = tf.data.Dataset.zip(source, target).map(
+      lambda s, t: {"source_image": s["image"], "source_label": s["label"], "target_image": t["image"]}
+  )
+  return _as_numpy(ds.prefetch(tf.data.AUTOTUNE), source_errors + target_errors)
+
+
+def _train_stream(data_cfg, role, *, seed, start_step, process_index, local, label_table):
+  """Batches of one domain ('source' or 'target'); labels only where a label table is given."""
+  split = _open(data_cfg, getattr(data_cfg, role), _cfg(data_cfg, f"{role}_split", "train"))
+  size = _size(_cfg(data_cfg, f"{role}_size", None))
+  decode = _Decoder(split, _cfg(data_cfg, "normalization", Normalization.CAFFE_BGR), image_size=size,
+                    label_size=size, size_field=f"{role}_size", label_table=label_table)
+  sampler = EpochSampler(len(split.records), seed, role)
+  offset = process_index * local + np.arange(local)
+  indices = lambda step: sampler(step * data_cfg.batch_size + offset)
+  records = _records(split, tf.data.Dataset.counter(start_step), indices, local)
+  return records.map(decode, **_PARALLEL).batch(local), decode.errors
+
+
+def eval_iterator(
+    data_cfg: Any, *, process_index: int = 0, process_count: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over the eval split: 'image' float32 [b, H, W, 3], 'label' int32 [b, Hl, Wl], 'mask' bool [b].
+
+  Global batch i holds examples [i * B, (i + 1) * B) of the split, B = eval_batch_size, and this process gets
+  its contiguous slice. The last batch is padded (with example 0) and masked, so that every process yields
+  ceil(N / B) batches.
+  """
+  global_batch = data_cfg.eval_batch_size
+  local = _local_batch(global_batch, process_index, process_count, "eval_batch_size")
+  split = _open(data_cfg, data_cfg.eval, _cfg(data_cfg, "eval_split", "validation"))
+  n = len(split.records)
+  if n == 0:
+    raise UserError(f"The eval split {split.name} is empty.")
+  decode = _Decoder(
+      split,
+      _cfg(data_cfg, "normalization", Normalization.CAFFE_BGR),
+      image_size=_size(_cfg(data_cfg, "eval_size", None)),
+      label_size=_size(_cfg(data_cfg, "eval_label_size", None)),
+      size_field="eval_size",
+      label_size_field="eval_label_size",
+      label_table=_label_table(_cfg(data_cfg, "eval_label_map", "cityscapes_ids_to_19"), "eval_label_map"),
+  )
+  num_batches = -(-n // global_batch)
+  positions = np.arange(num_batches)[:, None] * global_batch + process_index * local + np.arange(local)
+  masks = positions < n
+  indices = np.where(masks, positions, 0)  # Padding repeats example 0; the mask drops it.
+  examples = _records(split, tf.data.Dataset.range(num_batches), lambda i: indices[i], local)
+  masks = tf.data.Dataset.from_tensor_slices(masks.reshape(-1))
+  ds = tf.data.Dataset.zip(examples.map(decode, **_PARALLEL), masks)
+  ds = ds.map(lambda ex, mask: {"image": ex["image"], "label": ex["label"], "mask": mask}).batch(local)
+  return _as_numpy(ds.prefetch(tf.data.AUTOTUNE), decode.errors)
+
+
+def num_eval_examples(data_cfg: Any) -> int:
+  """Number of (unpadded) examples in the eval split."""
+  return len(_open(data_cfg, data_cfg.eval, _cfg(data_cfg, "eval_split", "validation")).records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sampling.
+
+
+class EpochSampler:
+  """Example index at each position of an endless stream over a split of n examples.
+
+  Position p falls in epoch p // n and reads permutation(seed, epoch, stream)[p % n]; a batch may straddle two
+  epochs. `stream` ('source', 'target') keeps the orders of two roles independent even on one dataset.
+  """
+
+  def __init__(self, n: int, seed: int, stream: str):
+    if n <= 0:
+      raise UserError(f"Cannot sample from an empty split (stream {stream!r}).")
+    self.n = n
+    self._key = (int(seed) % 2**63, zlib.crc32(stream.encode()))
+    self._cache: dict[int, np.ndarray] = {}
+
+  def permutation(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      if len(self._cache) >= 2:  # Positions only move forward: keep the current and the next epoch.
+        self._cache.pop(min(self._cache))
+      self._cache[epoch] = np.random.default_rng([*self._key, epoch]).permutation(self.n)
+    return self._cache[epoch]
+
+  def __call__(self, positions: np.ndarray) -> np.ndarray:
+    epochs, offsets = np.divmod(np.asarray(positions, np.int64), self.n)
+    out = np.empty_like(offsets)
+    for epoch in np.unique(epochs):
+      where = epochs == epoch
+      out[where] = self.permutation(int(epoch))[offsets[where]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading and decoding.
+
+_PARALLEL = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+@dataclasses.dataclass
+class _Split:
+  name: str  # 'dataset/config:split', for messages.
+  records: Sequence[bytes]  # Random access to serialized tf.train.Examples.
+  features: tfds.features.FeaturesDict
+
+
+def _open(data_cfg, name: str, split: str) -> _Split:
+  builder = builders.get_builder(name, _cfg(data_cfg, "data_dir", "") or None)
+  builders.ensure_prepared(builder, _cfg(data_cfg, "auto_prepare", True))
+  if split not in builder.info.splits:
+    raise UserError(f"Dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}.")
+  records = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  return _Split(f"{name}:{split}", records, builder.info.features)
+
+
+def _records(split: _Split, steps: tf.data.Dataset, indices_of, local: int) -> tf.data.Dataset:
+  """Serialized records of indices_of(step) for each step, flattened to one element per record, in order.
+
+  Only this lookup runs in Python (sequentially, so the sampler needs no lock); decoding follows in graph mode.
+  """
+
+  def fetch(step):
+    return np.array(split.records.__getitems__(indices_of(int(step)).tolist()), dtype=object)
+
+  def fetch_tf(step):
+    return tf.ensure_shape(tf.numpy_function(fetch, [step], tf.string), [local])
+
+  return steps.map(fetch_tf).unbatch()
+
+
+class _Decoder:
+  """Serialized example -> {'image': normalised float32 [H, W, 3], 'label': int32 train ids [H, W]}.
+
+  A size of None keeps the native size, which must then be the same for every example: the first record sets
+  it, and a differing one stops the iterator with a ValueError naming the config field to set.
+  """
+
+  def __init__(self, split, normalization, *, image_size, label_size, size_field, label_table,
+               label_size_field=None):
+    self.split = split
+    self.normalization = Normalization(normalization)
+    self.image_size, self.label_size = image_size, label_size
+    self.table = None if label_table is None else tf.constant(label_table, tf.uint8)
+    self.errors = []  # Messages of the size checks, to turn their failures into clear ValueErrors.
+    first = None
+    if image_size is None or (label_table is not None and label_size is None):
+      first = split.features.deserialize_example(tf.constant(split.records[0]))
+    self.native_image = self._expect(first, "image", image_size, size_field)
+    self.native_label = None
+    if label_table is not None:
+      self.native_label = self._expect(first, "label", label_size, label_size_field or size_field)
+
+  def _expect(self, first, key, size, field):
+    if size is not None:
+      return None
+    shape = tuple(int(d) for d in first[key].shape[:2])
+    self.errors.append(
+        f"{self.split.name}: {key}s vary in size (the first is {shape[0]}x{shape[1]}); set data.{field} to"
+        " resize them to a common size."
+    )
+    return shape, self.errors[-1]
+
+  def __call__(self, serialized):
+    decoders = None if self.table is not None else {"label": tfds.decode.SkipDecoding()}
+    example = self.split.features.deserialize_example(serialized, decoders=decoders)
+    image = _check(example["image"], self.native_image)
+    if self.image_size is not None:
+      image = tf.image.resize(image, self.image_size, method="bicubic", antialias=True)
+      image = tf.clip_by_value(image, 0.0, 255.0)  # Bicubic overshoots.
+    out = {"image": normalize(image, self.normalization)}
+    if self.table is not None:
+      label = _check(example["label"], self.native_label)
+      if self.label_size is not None:
+        label = tf.image.resize(label, self.label_size, method="nearest")
+      out["label"] = tf.cast(tf.gather(self.table, tf.cast(label[..., 0], tf.int32)), tf.int32)
+    return out
+
+
+def _check(tensor, expected):
+  if expected is None:
+    return tensor
+  shape, message = expected
+  with tf.control_dependencies([tf.debugging.assert_equal(tf.shape(tensor)[:2], shape, message=message)]):
+    tensor = tf.identity(tensor)
+  return tf.ensure_shape(tensor, (*shape, None))
+
+
+def _as_numpy(ds: tf.data.Dataset, errors: list[str]) -> Iterator[dict[str, np.ndarray]]:
+  iterator = ds.as_numpy_iterator()
+  while True:
+    try:
+      batch = next(iterator)
+    except StopIteration:
+      return
+    except tf.errors.InvalidArgumentError as e:
+      for message in errors:
+        if message in e.message:
+          raise UserError(message) from None
+      raise
+    yield batch
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config helpers.
+
+
+def _cfg(data_cfg, field, default):
+  value = getattr(data_cfg, field, default)
+  return default if value is None else value
+
+
+def _label_table(name, field) -> np.ndarray:
+  if name not in labels.LABEL_MAPS:
+    raise UserError(f"data.{field}={name!r} is not a label map; choose one of {', '.join(labels.LABEL_MAPS)}.")
+  return labels.LABEL_MAPS[name]
+
+
+def _size(size) -> tuple[int, int] | None:
+  if size is None or len(size) == 0:
+    return None
+  if len(size) != 2:
+    raise UserError(f"Sizes are (H, W); got {size!r}.")
+  return int(size[0]), int(size[1])
+
+
+def _local_batch(global_batch: int, process_index: int, process_count: int, field: str) -> int:
+  if not 0 <= process_index < process_count:
+    raise UserError(f"process_index={process_index} is not in [0, process_count={process_count}).")
+  if global_batch % process_count:
+    raise UserError(f"data.{field}={global_batch} is not divisible by the {process_count} processes.")
+  return global_batch // process_count

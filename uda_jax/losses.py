@@ -1,0 +1,40 @@
+"""Losses shared by every scheme.
+
+Each returns a per-device value whose mean over the 'data' axis is the loss of the global batch, so
+`lax.pmean` of the per-device gradients is the gradient of the global-batch loss on any device count.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+IGNORE = 255
+SOURCE, TARGET = 0.0, 1.0  # domain labels as the official AdaptSegNet code assigns them
+
+
+def masked_mean(values, mask, axis_name=None):
+  """Sum of `values` over `mask` / number of masked-in elements of the global batch."""
+  total = jnp.sum(jnp.where(mask, values, 0.0))
+  count = jnp.sum(mask).astype(jnp.float32)
+  if axis_name is not None:  # pmean(count) = global count / devices, so pmean(result) = global mean
+    count = jax.lax.pmean(count, axis_name)
+  return total / jnp.maximum(count, 1.0)
+
+
+def cross_entropy(logits, labels, axis_name=None):
+  """Pixel cross-entropy averaged over pixels not labelled 255 (logits [N,H,W,C], labels [N,H,W])."""
+  valid = labels != IGNORE
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+  return masked_mean(nll, valid, axis_name)
+
+
+def gan_loss(d_logits, domain: float, gan: str):
+  """Discriminator-output loss against a constant domain label, averaged over the map.
+
+  'vanilla': BCE with logits (AdaptSegNet Eq. 2/4); 'ls': least squares on the raw output (Appendix A, Eq. 7/8).
+  """
+  if gan == "vanilla":
+    return optax.sigmoid_binary_cross_entropy(d_logits, jnp.full_like(d_logits, domain)).mean()
+  if gan == "ls":
+    return jnp.square(d_logits - domain).mean()
+  raise ValueError(f"loss.gan must be 'vanilla' or 'ls', got {gan!r}")

@@ -1,0 +1,53 @@
+"""Pieces every scheme shares: the segmenter forward at label resolution and state construction."""
+
+import jax
+import jax.numpy as jnp
+
+from uda_jax import losses, models, optim, state as state_lib
+from uda_jax.errors import UserError
+from uda_jax.ops import resize_bilinear
+
+
+def segment(seg_state, params, batch_stats, image, train: bool = True):
+  """Segmenter forward; returns (outputs with logits upsampled to the image size, new batch_stats).
+
+  Upsampling before the loss and before the discriminator's softmax is what the official code does.
+  """
+  out, mutated = seg_state.apply_fn({"params": params, "batch_stats": batch_stats}, image, train=train,
+                                    mutable=["batch_stats"])
+  size = image.shape[1:3]
+  up = {k: resize_bilinear(v, size) for k, v in out.items() if k in ("main", "aux")}
+  return {**out, **up}, mutated["batch_stats"]
+
+
+def segmentation_loss(outputs, labels, lambda_seg: dict, axis_name):
+  """Eq. (3)/(5): sum over levels of lambda_seg[level] * CE(ignore 255)."""
+  per_level = {lvl: losses.cross_entropy(outputs[lvl], labels, axis_name) for lvl in lambda_seg}
+  return sum(lambda_seg[lvl] * per_level[lvl] for lvl in lambda_seg), per_level
+
+
+def levels(config):
+  return ("main", "aux") if config.model.multi_level else ("main",)
+
+
+def create_segmenter_state(config, rng, image_shape, axis_name=None):
+  module = models.build_segmenter(config.model, axis_name)
+  variables = module.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
+  if config.init_from:
+    from uda_jax.tools.init_from import load_init  # pylint: disable=g-import-not-at-top
+    variables = load_init(config.init_from, variables)
+  return state_lib.create(module, optim.segmenter_sgd(config.optim, variables["params"]), variables)
+
+
+def create_discriminator_state(config, rng, input_shape):
+  module = models.build_discriminator(config.disc)
+  out = jax.eval_shape(module.init_with_output, rng, jnp.zeros(input_shape, jnp.float32))[0]
+  if 0 in out.shape:
+    raise UserError(f"discriminator input {input_shape[1:3]} is too small for {len(config.disc.channels) + 1} "
+                    "stride-2 convs: use larger images or fewer disc.channels")
+  variables = module.init(rng, jnp.zeros(input_shape, jnp.float32))
+  return state_lib.create(module, optim.discriminator_adam(config.optim), variables)
+
+
+def stop(tree):
+  return jax.tree.map(jax.lax.stop_gradient, tree)

@@ -1,0 +1,24 @@
+"""Model construction from config."""
+
+import jax.numpy as jnp
+
+from uda_jax.models.deeplab import DeepLabV2
+from uda_jax.models.discriminators import FCDiscriminator
+
+DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+
+
+def build_segmenter(model_cfg, axis_name=None):
+  """DeepLab-v2 from `config.model`; `axis_name` keeps BatchNorm running statistics equal across devices."""
+  bn = dict(mode=model_cfg.bn_mode, eps=model_cfg.bn_eps, axis_name=axis_name)
+  if model_cfg.arch != "deeplabv2_resnet":
+    raise ValueError(f"model.arch {model_cfg.arch!r} is not known; choose 'deeplabv2_resnet'")
+  blocks = tuple(model_cfg.blocks) if model_cfg.blocks else DEPTHS[model_cfg.depth]
+  return DeepLabV2(num_classes=model_cfg.num_classes, blocks=blocks, width=model_cfg.width,
+                   layout=model_cfg.layout, multi_level=model_cfg.multi_level,
+                   aspp_dilations=tuple(model_cfg.aspp_dilations), aspp_branches=model_cfg.aspp_branches,
+                   bn=bn, dtype=jnp.dtype(model_cfg.dtype))
+
+
+def build_discriminator(disc_cfg):
+  return FCDiscriminator(tuple(disc_cfg.channels))

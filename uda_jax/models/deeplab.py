@@ -1,0 +1,58 @@
+"""DeepLab-v2 segmenter: ResNet backbone + ASPP classifier(s), single- or multi-level (AdaptSegNet Fig. 2)."""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from uda_jax.models.layers import Conv
+from uda_jax.models.resnet import ResNet
+
+
+class ASPPClassifier(nn.Module):
+  """DeepLab-v2 ASPP: parallel 3x3 dilated convs to classes, summed.
+
+  `branches` picks how many of `dilations` are summed. The official AdaptSegNet code returns from inside its
+  loop, so only the first two (6, 12) contribute: branches=2 reproduces the published numbers; 4 is the paper.
+  """
+
+  num_classes: int
+  dilations: Sequence[int] = (6, 12, 18, 24)
+  branches: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if not 1 <= self.branches <= len(self.dilations):
+      raise ValueError(f"model.aspp_branches must be in 1..{len(self.dilations)}, got {self.branches}")
+    out = 0.0
+    for i, d in enumerate(self.dilations[: self.branches]):
+      out = out + Conv(self.num_classes, 3, padding=d, dilation=d, use_bias=True, dtype=self.dtype,
+                       name=f"conv2d_list_{i}")(x)
+    return out
+
+
+class DeepLabV2(nn.Module):
+  """Returns {'main': logits from layer4 ('layer6'), 'aux': logits from layer3 ('layer5', multi-level only),
+  'features': layer4 features}, all at output stride 8, float32."""
+
+  num_classes: int = 19
+  blocks: Sequence[int] = (3, 4, 23, 3)
+  width: int = 64
+  layout: str = "caffe"
+  multi_level: bool = True
+  aspp_dilations: Sequence[int] = (6, 12, 18, 24)
+  aspp_branches: int = 2
+  bn: dict = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    f3, f4 = ResNet(self.blocks, self.width, self.layout, self.bn, self.dtype, name="backbone")(
+        x.astype(self.dtype), train)
+    head = lambda name: ASPPClassifier(self.num_classes, tuple(self.aspp_dilations), self.aspp_branches,
+                                       self.dtype, name=name)
+    out = {"main": head("layer6")(f4).astype(jnp.float32), "features": f4.astype(jnp.float32)}
+    if self.multi_level:
+      out["aux"] = head("layer5")(f3).astype(jnp.float32)
+    return out

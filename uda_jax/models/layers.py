@@ -1,0 +1,106 @@
+"""Layers with PyTorch semantics: explicit-padding convs, torch default init, BatchNorm with frozen affine."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# DeepLab's official init: every conv N(0, 0.01) (then overwritten by pretrained weights).
+normal_001 = nn.initializers.normal(0.01)
+# PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int):
+  bound = 1.0 / np.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Conv(nn.Module):
+  """nn.Conv with PyTorch-style (kernel, stride, padding, dilation) and optional torch-default bias init."""
+
+  features: int
+  kernel: int
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  use_bias: bool = False
+  kernel_init: Any = normal_001
+  bias_init: Any = None  # None -> torch default U(+-1/sqrt(fan_in))
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    fan_in = x.shape[-1] * self.kernel * self.kernel
+    return nn.Conv(
+        self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+        padding=((self.padding, self.padding), (self.padding, self.padding)),
+        kernel_dilation=(self.dilation, self.dilation), use_bias=self.use_bias,
+        kernel_init=self.kernel_init, bias_init=self.bias_init or torch_bias_init(fan_in),
+        dtype=self.dtype, name="conv")(x)
+
+
+class BatchNorm(nn.Module):
+  """PyTorch BatchNorm2d whose scale/shift are never trained (the optimizer masks them).
+
+  mode 'batch_stats': as the official AdaptSegNet code runs (`model.train()`): normalise with the batch's
+    statistics while training and update the running statistics (momentum 0.1, unbiased variance);
+    running statistics at evaluation.
+  mode 'frozen': always the running statistics (FrozenBatchNorm; eps=0 reproduces FADA's variant).
+  `axis_name` pmeans the running-statistics update so replicas stay identical; the normalisation itself
+  uses per-device statistics, as in the 1-image-per-GPU official runs.
+  """
+
+  mode: str = "batch_stats"
+  eps: float = 1e-5
+  momentum: float = 0.1
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    if self.mode not in ("batch_stats", "frozen"):
+      raise ValueError(f"model.bn_mode must be 'batch_stats' or 'frozen', got {self.mode!r}")
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,))
+    bias = self.param("bias", nn.initializers.zeros, (c,))
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    x32 = x.astype(jnp.float32)
+    if train and self.mode == "batch_stats":
+      mean = x32.mean((0, 1, 2))
+      var = jnp.square(x32 - mean).mean((0, 1, 2))
+      if not self.is_initializing():
+        n = x.size // c
+        new_mean = jax.lax.stop_gradient(mean)
+        new_var = jax.lax.stop_gradient(var) * n / max(n - 1, 1)
+        if self.axis_name is not None:
+          new_mean, new_var = jax.lax.pmean((new_mean, new_var), self.axis_name)
+        ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * new_mean
+        ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * new_var
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    y = (x32 - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
+    return y.astype(x.dtype)
+
+
+def max_pool(x, kernel: int = 3, stride: int = 2, padding: int = 1, ceil_mode: bool = False):
+  """PyTorch MaxPool2d, including ceil_mode (the Caffe DeepLab stem uses it)."""
+
+  def out_size(n):
+    span = n + 2 * padding - kernel
+    o = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (o - 1) * stride >= n + padding:  # last window must start inside the input
+      o -= 1
+    return o
+
+  pads = [(padding, (out_size(n) - 1) * stride + kernel - n - padding) for n in x.shape[1:3]]
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
+                               ((0, 0), *pads, (0, 0)))
+
+
+def leaky_relu(x):
+  return nn.leaky_relu(x, 0.2)
+
+

@@ -1,0 +1,36 @@
+"""Device mesh over a 'data' axis, global arrays from per-process batches, replicated placement."""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  # An Auto-typed mesh (not jax.make_mesh's Explicit default) so shard_map takes plain in_specs.
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+  return jax.device_put(tree, replicated(mesh))
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Per-process numpy batch -> global jax.Arrays sharded along 'data' (leading axis)."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def check_batch_divisible(batch_size: int, mesh: Mesh, what: str):
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(f"{what}={batch_size} must be a multiple of the number of devices ({n})")

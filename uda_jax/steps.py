@@ -1,0 +1,57 @@
+"""Jitted, data-parallel step functions. The per-device bodies are module-level so tests can call them."""
+
+import functools
+
+import jax
+from jax.sharding import PartitionSpec as P
+
+from uda_jax import evaluate
+from uda_jax import parallel
+from uda_jax.parallel import AXIS
+
+
+def init_states(config, method, mesh, batch_shapes):
+  """All train states of `method`, initialised from (seed) and replicated over the mesh."""
+  shapes = {k: (1, *v[1:]) for k, v in batch_shapes.items()}
+  shapes["axis_name"] = parallel.AXIS
+  rng = jax.random.key(config.seed)
+  init = jax.jit(lambda: method.create_states(config, rng, shapes), out_shardings=parallel.replicated(mesh))
+  return init()
+
+
+def train_step(states, batch, step, *, method, config, axis_name=AXIS):
+  """One step of `method`: every state gets the gradient of its own loss, averaged over devices."""
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), step), jax.lax.axis_index(axis_name))
+  params = {k: s.params for k, s in states.items()}
+
+  def total(p):
+    per_state, aux = method.losses(p, states, batch, rng, config, axis_name)
+    return sum(per_state.values()), (per_state, aux)
+
+  grads, (per_state, aux) = jax.grad(total, has_aux=True)(params)
+  grads = jax.lax.pmean(grads, axis_name)
+  new = {k: s.apply_gradients(grads=grads[k]) for k, s in states.items()}
+  new["seg"] = new["seg"].replace(batch_stats=aux["batch_stats"])
+  metrics = {**{f"loss_{k}": v for k, v in per_state.items()}, **aux["metrics"]}
+  return new, jax.lax.pmean(metrics, axis_name)
+
+
+def eval_step(seg_state, batch, *, num_classes, axis_name=AXIS):
+  """Confusion matrix of one padded batch, summed over devices."""
+  logits = seg_state.apply_fn({"params": seg_state.params, "batch_stats": seg_state.batch_stats},
+                              batch["image"], train=False)["main"]
+  cm = evaluate.confusion_matrix(logits, batch["label"], batch["mask"], num_classes)
+  return jax.lax.psum(cm, axis_name)
+
+
+def make_train_step(method, config, mesh):
+  body = functools.partial(train_step, method=method, config=config)
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())),
+                 donate_argnums=0)
+
+
+def make_eval_step(num_classes, mesh):
+  body = functools.partial(eval_step, num_classes=num_classes)
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
+
+

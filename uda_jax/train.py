@@ -1,0 +1,136 @@
+"""Training and evaluation loops, top to bottom."""
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from uda_jax import checkpoint, evaluate, methods, optim, parallel, steps
+from uda_jax.data import labels, pipeline
+from uda_jax.errors import UserError
+
+
+def _class_set(config):
+  if config.eval.class_set not in labels.CLASS_SETS:
+    raise UserError(f"eval.class_set {config.eval.class_set!r} is not known; choose one of "
+                    f"{', '.join(labels.CLASS_SETS)}")
+  names, _ = labels.CLASS_SETS[config.eval.class_set]
+  if len(names) != config.model.num_classes:
+    raise UserError(f"eval.class_set {config.eval.class_set!r} has {len(names)} classes but "
+                    f"model.num_classes is {config.model.num_classes}")
+  return names
+
+
+def run_eval(config, seg_state, eval_step, mesh):
+  batches = pipeline.eval_iterator(config.data, process_index=jax.process_index(),
+                                   process_count=jax.process_count())
+  cm = evaluate.run(seg_state, eval_step, batches, mesh)
+  return evaluate.summarize(cm, _class_set(config)), cm
+
+
+def train_and_evaluate(config, workdir: str):
+  method = methods.get(config.method)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  _class_set(config)
+
+  # Input first: a missing or unprepared dataset fails here, before anything is written to workdir.
+  def batches(start):
+    it = pipeline.train_iterator(config.data, seed=config.seed, start_step=start,
+                                 process_index=jax.process_index(), process_count=jax.process_count())
+    return (parallel.global_batch(b, mesh) for b in it)
+
+  probe = next(pipeline.train_iterator(config.data, seed=config.seed, start_step=0,
+                                       process_index=jax.process_index(), process_count=jax.process_count()))
+  pipeline.num_eval_examples(config.data)
+  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in probe.items()})
+
+  ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
+  states, restored = ckpt.restore(states)
+  start = restored or 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if restored:
+    logging.info("Resumed from %s at step %d", workdir, start)
+  else:
+    writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
+  logging.info("Parameters: %s", {k: sum(x.size for x in jax.tree.leaves(s.params)) for k, s in states.items()})
+
+  train_step = steps.make_train_step(method, config, mesh)
+  eval_step = steps.make_eval_step(config.model.num_classes, mesh)
+  num_steps = config.train.num_steps
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every)
+  summary = None
+  data = batches(start)
+  for step in range(start, num_steps):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      states, metrics = train_step(states, next(data), jnp.asarray(step, jnp.int32))
+    done = step + 1
+    progress(done)
+    if done % config.train.log_every == 0 or done == num_steps:
+      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      if not all(np.isfinite(v) for v in scalars.values()):
+        raise FloatingPointError(f"non-finite loss at step {done}: {scalars}")
+      writer.write_scalars(done, {**scalars, **optim.learning_rates(config.optim, step)})
+    if done % config.train.eval_every == 0 or done == num_steps:
+      summary, _ = run_eval(config, states["seg"], eval_step, mesh)
+      writer.write_scalars(done, {"eval/mIoU": summary["mIoU"],
+                                  **{f"eval/iou_{k}": v for k, v in summary["per_class"].items()}})
+      logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
+      ckpt.save_if_best(done, states, summary["mIoU"])
+    if done % config.train.checkpoint_every == 0 or done == num_steps:
+      ckpt.save(done, states)
+  writer.flush()
+  ckpt.close()
+
+  if summary is None:  # resumed after the last step: evaluate the final state once more
+    summary, _ = run_eval(config, states["seg"], eval_step, mesh)
+  report(workdir, summary, num_steps, "eval_final")
+  return states, summary
+
+
+def evaluate_checkpoint(config, workdir: str):
+  """--mode=eval: evaluates the best (or latest) checkpoint in workdir, or the `init_from` weights."""
+  method = methods.get(config.method)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  n = pipeline.num_eval_examples(config.data)
+  h, w = config.data.eval_size or (64, 64)
+  shapes = {"source_image": (1, h, w, 3), "source_label": (1, h, w), "target_image": (1, h, w, 3)}
+  states = steps.init_states(config, method, mesh, shapes)
+  step = 0
+  if os.path.isdir(os.path.join(workdir, "checkpoints")) or os.path.isdir(os.path.join(workdir, "best")):
+    ckpt = checkpoint.Checkpoints(workdir)
+    states, step = ckpt.restore(states, config.eval.checkpoint)
+    ckpt.close()
+    if step is None:
+      raise UserError(f"no {config.eval.checkpoint} checkpoint in {workdir}")
+  elif not config.init_from:
+    raise UserError(f"nothing to evaluate: {workdir} holds no checkpoint and config.init_from is empty")
+  t0 = time.time()
+  summary, _ = run_eval(config, states["seg"], steps.make_eval_step(config.model.num_classes, mesh), mesh)
+  logging.info("evaluated %d images in %.1f s", n, time.time() - t0)
+  report(workdir, summary, step, f"eval_{config.eval.checkpoint}_step{step}")
+  return summary
+
+
+def report(workdir, summary, step, name):
+  table = evaluate.markdown_table(summary, f"target {name} (step {step})")
+  print(table, flush=True)
+  if jax.process_index() == 0:
+    md, js = evaluate.write_results(workdir, summary, step, name)
+    logging.info("wrote %s and %s", md, js)
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
