@@ -18,6 +18,9 @@ Presets (`configs/adaptsegnet.py:NAME`, combine with commas, e.g. `:toy,single_l
   oracle            train on the labelled target training split (Table 2 "Oracle": 65.1)
   output_LAMBDA     Table 3 output-space sweep, LAMBDA in 0.0005 / 0.001 / 0.002 / 0.004 -> 40.2 / 41.4 / 40.4 / 40.1
   feature_LAMBDA    Table 3 feature-space sweep, same LAMBDAs -> 35.3 / 39.3 / 35.9 / 32.8
+  vgg16             DeepLab-v2 VGG16, single-level: Table 1/2 VGG-16 Ours (single-level) 35.0 (oracle 61.8);
+                    SYNTHIA (Table 4/5) 37.6 (13 classes). Init: import_torch --arch deeplabv2_vgg16 of
+                    vgg16-00b39a1b.pth. Combine with source_only / oracle for the VGG baseline and oracle rows.
   official_lr       backbone lr x3 as the official optimizer effectively steps it (see config_base.py)
   toy               the embedded toy domain pair and a small ResNet; runs on a 2-core CPU:
     python -m uda_jax.main --config configs/adaptsegnet.py:toy --workdir runs/toy
@@ -66,6 +69,15 @@ def _oracle(c):
   return c
 
 
+def _vgg16(c):
+  """DeepLab-v2 VGG16, single-level (the paper's VGG rows). The official model trains every layer at one lr."""
+  c = _single_level(c)
+  c.model.arch = "deeplabv2_vgg16"
+  c.optim.head_modules = ("classifier",)
+  c.optim.head_lr_mult = 1.0
+  return c
+
+
 def _official_lr(c):
   c.optim.backbone_lr_mult = 3.0
   return c
@@ -87,6 +99,7 @@ PRESETS = {
     "source_only": _source_only,
     "oracle": _oracle,
     "official_lr": _official_lr,
+    "vgg16": _vgg16,
     "toy": config_base.toy,
     **{f"{space}_{v}": _sweep(space, v) for space in ("output", "feature") for v in SWEEP},
 }

@@ -5,6 +5,9 @@ Method configs in configs/ override what differs and add presets. Field meanings
 
 import ml_collections
 
+# Train ids of the toy pair's 11 classes (road ... car) in the Cityscapes convention.
+TOY_CLASSES = (0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 13)
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -74,7 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.class_set = "cityscapes19"
-  c.eval.checkpoint = "best"  # --mode=eval restores: best | latest
+  c.eval.checkpoint = "best"  # what --mode=eval restores: best | latest
+  c.eval.class_subset = ()  # train ids the mIoU averages over; empty = the whole class set
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 150_000
@@ -88,14 +92,17 @@ def base_config() -> ml_collections.ConfigDict:
 def toy(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The embedded procedurally generated domain pair and a small network through the same code."""
   c.data.source, c.data.target, c.data.eval = "uda_toy/source", "uda_toy/target", "uda_toy/target"
-  c.data.source_size = c.data.target_size = c.data.eval_size = c.data.eval_label_size = None
+  # Generated at 96x192; trained and evaluated at 64x128 with predictions upsampled to the 96x192 labels.
+  c.data.source_size = c.data.target_size = c.data.eval_size = (64, 128)
+  c.data.eval_label_size = None
   c.data.batch_size = 4
   c.data.eval_batch_size = 20
+  c.eval.class_subset = TOY_CLASSES
   c.model.blocks = (1, 1, 1, 1)
   c.model.width = 16
+  c.disc.channels = (32, 64, 128, 128)
   c.optim.lr = 2.5e-3
-  c.optim.d_lr = 1e-4
-  c.optim.decay_steps = c.train.num_steps = 1500
+  c.optim.decay_steps = c.train.num_steps = 1200
   c.train.log_every = 50
-  c.train.eval_every = c.train.checkpoint_every = 500
+  c.train.eval_every = c.train.checkpoint_every = 400
   return c

@@ -1,5 +1,6 @@
 """Entry point: python -m uda_jax.main --config configs/adaptsegnet.py[:preset] --workdir DIR [--mode eval]."""
 
+import re
 import sys
 
 from absl import app, flags, logging
@@ -12,7 +13,32 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. con
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and result tables.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatically) or eval.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host: TPU "
+                                  "pods and SLURM are auto-detected; else set JAX_COORDINATOR_ADDRESS, "
+                                  "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _quiet_orbax(record):
+  # Orbax logs every save step at INFO; keep its warnings and errors only.
+  return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with a user's config mistake reported in one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e).strip().splitlines()[-1]  # config_flags embeds the traceback; the cause is its last line
+    if isinstance(e, (AttributeError, KeyError)):
+      key = re.search(r"'(\w+)", str(e))
+      key = key.group(1) if key else str(e)
+      culprits = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+      hint = re.search(r'Did you mean "(\w+)"', str(e))
+      message = (f"unknown config key {key!r} in {' '.join(culprits) or 'the overrides'}"
+                 + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main(argv):
@@ -20,6 +46,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.parse_flags_with_absl()
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   logging.info("devices: %s", jax.devices())
   try:
     if _MODE.value == "train":
@@ -32,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

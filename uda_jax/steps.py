@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from uda_jax import evaluate
 from uda_jax import parallel
+from uda_jax.tools import init_from
 from uda_jax.parallel import AXIS
 
 
@@ -16,13 +17,20 @@ def init_states(config, method, mesh, batch_shapes):
   shapes["axis_name"] = parallel.AXIS
   rng = jax.random.key(config.seed)
   init = jax.jit(lambda: method.create_states(config, rng, shapes), out_shardings=parallel.replicated(mesh))
-  return init()
+  states = init()
+  if config.init_from:  # pretrained segmenter weights, loaded outside jit and placed like the fresh ones
+    seg = states["seg"]
+    v = init_from.load_init(config.init_from, {"params": seg.params, "batch_stats": seg.batch_stats})
+    states["seg"] = seg.replace(params=v["params"], batch_stats=v["batch_stats"])
+  return states
 
 
 def train_step(states, batch, step, *, method, config, axis_name=AXIS):
   """One step of `method`: every state gets the gradient of its own loss, averaged over devices."""
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), step), jax.lax.axis_index(axis_name))
-  params = {k: s.params for k, s in states.items()}
+  # Per-device gradients of per-device losses, then averaged: marking the replicated params device-varying
+  # stops shard_map's autodiff from already summing their gradients over the axis.
+  params = jax.lax.pcast({k: s.params for k, s in states.items()}, axis_name, to="varying")
 
   def total(p):
     per_state, aux = method.losses(p, states, batch, rng, config, axis_name)

@@ -29,7 +29,7 @@ def run_eval(config, seg_state, eval_step, mesh):
   batches = pipeline.eval_iterator(config.data, process_index=jax.process_index(),
                                    process_count=jax.process_count())
   cm = evaluate.run(seg_state, eval_step, batches, mesh)
-  return evaluate.summarize(cm, _class_set(config)), cm
+  return evaluate.summarize(cm, _class_set(config), tuple(config.eval.class_subset) or None), cm
 
 
 def train_and_evaluate(config, workdir: str):

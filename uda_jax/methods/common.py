@@ -33,9 +33,6 @@ def levels(config):
 def create_segmenter_state(config, rng, image_shape, axis_name=None):
   module = models.build_segmenter(config.model, axis_name)
   variables = module.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
-  if config.init_from:
-    from uda_jax.tools.init_from import load_init  # pylint: disable=g-import-not-at-top
-    variables = load_init(config.init_from, variables)
   return state_lib.create(module, optim.segmenter_sgd(config.optim, variables["params"]), variables)
 
 

@@ -1,0 +1,54 @@
+"""Run in a subprocess with 4 fake CPU devices: the 4-device step equals the 1-device step.
+
+Prints 'max_abs_diff <x>' per state for the test to read.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+
+import adaptsegnet
+from step_utils import init, random_batch
+from uda_jax import parallel, steps
+
+
+def run(devices, config, batch, num_steps=2):
+  mesh = parallel.make_mesh(devices)
+  method, mesh, states = init(config, batch, mesh)
+  step = steps.make_train_step(method, config, mesh)
+  metrics = None
+  for i in range(num_steps):
+    states, metrics = step(states, parallel.global_batch(batch, mesh), jnp.int32(i))
+  return jax.device_get(states), jax.device_get(metrics)
+
+
+def main():
+  assert jax.device_count() == 4, jax.devices()
+  c = adaptsegnet.get_config("toy")
+  c.model.width = 8
+  c.disc.channels = (8, 8, 8, 8)
+  c.model.bn_mode = sys.argv[1] if len(sys.argv) > 1 else "frozen"
+  batch = random_batch(batch=4)
+  one, m1 = run(jax.devices()[:1], c, batch)
+  four, m4 = run(jax.devices(), c, batch)
+  for name in one:
+    flat_one = jax.tree_util.tree_flatten_with_path(one[name])[0]
+    flat_four = jax.tree.leaves(four[name])
+    diffs = {jax.tree_util.keystr(p): np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))
+             for (p, a), b in zip(flat_one, flat_four)}
+    worst = max(diffs, key=diffs.get)
+    scale = max(np.max(np.abs(a)) for a in jax.tree.leaves(one[name].params))
+    print(f"state {name} max_abs_diff {diffs[worst]:.3e} scale {scale:.3e} at {worst.replace(' ', '')}")
+  for k in m1:
+    print(f"metric {k} {float(m1[k]):.6f} {float(m4[k]):.6f}")
+
+
+if __name__ == "__main__":
+  main()

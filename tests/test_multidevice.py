@@ -1,0 +1,26 @@
+"""Data parallelism: 4 devices and 1 device give the same step on the same global batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run(bn_mode):
+  out = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), bn_mode], capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return [line.split() for line in out.stdout.splitlines()]
+
+
+def test_four_devices_equal_one_device_with_frozen_batchnorm():
+  rows = _run("frozen")
+  states = [r for r in rows if r[0] == "state"]
+  assert {r[1] for r in states} == {"seg", "d_main", "d_aux"}
+  for _, name, _, diff, _, scale, _, where in states:
+    assert float(diff) <= 1e-5 * max(float(scale), 1.0), (name, diff, where)
+  for _, name, a, b in (r for r in rows if r[0] == "metric"):
+    assert float(a) == pytest.approx(float(b), rel=1e-4, abs=1e-6), name
