@@ -106,3 +106,43 @@ def toy(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.eval_every = c.train.checkpoint_every = 400
   return c
+
+
+# Benchmarks other than the default GTA5 -> Cityscapes; every method config can apply them as presets.
+def synthia(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """SYNTHIA-RAND-CITYSCAPES -> Cityscapes on the 16 shared classes; the mIoU over 16 and over the 13 without
+  wall, fence, pole (mIoU*) are both computed from one confusion matrix (eval.class_subset picks the headline)."""
+  c.data.source = "synthia_rand_cityscapes"
+  c.data.source_label_map, c.data.eval_label_map = "synthia_ids_to_16", "cityscapes_ids_to_16"
+  c.data.source_size = (760, 1280)
+  c.model.num_classes = 16
+  c.eval.class_set = "synthia16"
+  return c
+
+
+def synscapes(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Synscapes -> Cityscapes, 19 classes (AdaptSegNet Appendix B); Synscapes images are 1440x720."""
+  c.data.source = "synscapes"
+  c.data.source_size = (720, 1440)
+  return c
+
+
+def crosscity(city: str):
+  """Cityscapes -> Cross-City <city>, 13 classes, evaluated on the city's 100 labelled test images."""
+  def apply(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    c.data.source, c.data.source_split = "cityscapes_uda", "train"
+    c.data.target, c.data.target_split = f"crosscity/{city}", "train"
+    c.data.eval, c.data.eval_split = f"crosscity/{city}", "test"
+    c.data.source_label_map, c.data.eval_label_map = "cityscapes_ids_to_13", "crosscity_ids_to_13"
+    c.data.source_size = c.data.target_size = c.data.eval_size = (512, 1024)
+    c.data.eval_label_size = None  # full label resolution
+    c.model.num_classes = 13
+    c.eval.class_set = "crosscity13"
+    return c
+  return apply
+
+
+CROSSCITY_CITIES = ("rome", "rio", "tokyo", "taipei")
+DATASET_PRESETS = {"synthia": synthia, "synscapes": synscapes,
+                   **{f"crosscity_{city}": crosscity(city) for city in CROSSCITY_CITIES}}
+
