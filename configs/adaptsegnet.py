@@ -21,6 +21,7 @@ Presets (`configs/adaptsegnet.py:NAME`, combine with commas, e.g. `:toy,single_l
   vgg16             DeepLab-v2 VGG16, single-level: Table 1/2 VGG-16 Ours (single-level) 35.0 (oracle 61.8);
                     SYNTHIA (Table 4/5) 37.6 (13 classes). Init: import_torch --arch deeplabv2_vgg16 of
                     vgg16-00b39a1b.pth. Combine with source_only / oracle for the VGG baseline and oracle rows.
+  resnet101_tv      torchvision-layout ResNet-101 backbone (import_torch --arch deeplabv2_resnet101_tv)
   official_lr       backbone lr x3 as the official optimizer effectively steps it (see config_base.py)
   synthia           SYNTHIA -> Cityscapes (Table 4: multi-level 46.7 mIoU over 13 classes; 16-class IoUs logged)
   synscapes         Synscapes -> Cityscapes (Table 9, with single_level: 52.7 vanilla; with lsgan: 53.1)
@@ -93,6 +94,14 @@ def _crosscity_lambda(c):
   return c
 
 
+def _resnet101_tv(c):
+  """torchvision-layout ResNet-101 (ImageNet resnet101-5d3b4d8f.pth, as FADA uses it): frozen BN without eps,
+  the 4-branch ASPP, ImageNet normalisation."""
+  c.model.layout, c.model.bn_mode, c.model.bn_eps, c.model.aspp_branches = "torchvision", "frozen", 0.0, 4
+  c.data.normalization = "imagenet"
+  return c
+
+
 def _official_lr(c):
   c.optim.backbone_lr_mult = 3.0
   return c
@@ -115,6 +124,7 @@ PRESETS = {
     "oracle": _oracle,
     "official_lr": _official_lr,
     "vgg16": _vgg16,
+    "resnet101_tv": _resnet101_tv,
     "toy": config_base.toy,
     **config_base.DATASET_PRESETS,
     **{f"{space}_{v}": _sweep(space, v) for space in ("output", "feature") for v in SWEEP},
