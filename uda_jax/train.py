@@ -1,5 +1,6 @@
 """Training and evaluation loops, top to bottom."""
 
+import itertools
 import os
 import time
 
@@ -40,15 +41,14 @@ def train_and_evaluate(config, workdir: str):
   _class_set(config)
 
   # Input first: a missing or unprepared dataset fails here, before anything is written to workdir.
-  def batches(start):
-    it = pipeline.train_iterator(config.data, seed=config.seed, start_step=start,
-                                 process_index=jax.process_index(), process_count=jax.process_count())
-    return (parallel.global_batch(b, mesh) for b in it)
+  def local_batches(start):
+    return pipeline.train_iterator(config.data, seed=config.seed, start_step=start,
+                                   process_index=jax.process_index(), process_count=jax.process_count())
 
-  probe = next(pipeline.train_iterator(config.data, seed=config.seed, start_step=0,
-                                       process_index=jax.process_index(), process_count=jax.process_count()))
+  it = local_batches(0)
+  first = next(it)  # its shapes size the states; it is also step 0's batch of a fresh run
   pipeline.num_eval_examples(config.data)
-  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in probe.items()})
+  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in first.items()})
 
   ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
   states, restored = ckpt.restore(states)
@@ -65,7 +65,9 @@ def train_and_evaluate(config, workdir: str):
   num_steps = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every)
   summary = None
-  data = batches(start)
+  # Batches are a function of (seed, step): a resumed run opens the stream at its step.
+  local = local_batches(start) if start else itertools.chain([first], it)
+  data = (parallel.global_batch(b, mesh) for b in local)
   for step in range(start, num_steps):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       states, metrics = train_step(states, next(data), jnp.asarray(step, jnp.int32))

@@ -33,7 +33,7 @@ def load_init(directory: str, target_variables: Mapping[str, Any], *, strict: bo
                 for p, a in src.items() if p in dst and tuple(np.shape(a)) != tuple(dst[p].shape)]
   if mismatched:
     raise UserError(f"{directory}: shape mismatch with the model (check model settings, e.g. "
-                     "num_classes):\n" + "\n".join(mismatched))
+                    "num_classes):\n" + "\n".join(mismatched))
   extra = sorted("/".join(p) for p in src if p not in dst)
   if extra:
     msg = f"{directory}: {len(extra)} entries have no place in the model:\n  " + "\n  ".join(extra)
