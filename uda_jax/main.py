@@ -1,5 +1,6 @@
 """Entry point: python -m uda_jax.main --config configs/adaptsegnet.py[:preset] --workdir DIR [--mode eval]."""
 
+import logging as std_logging
 import re
 import sys
 
@@ -21,7 +22,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _quiet_orbax(record):
   # Orbax logs every save step at INFO; keep its warnings and errors only.
-  return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+  return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
 def _parse_flags(argv):
@@ -48,7 +49,7 @@ def main(argv):
   jax.config.parse_flags_with_absl()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  logging.get_absl_logger().addFilter(_quiet_orbax)
   logging.info("devices: %s", jax.devices())
   try:
     if _MODE.value == "train":
