@@ -23,12 +23,18 @@ Presets (`configs/adaptsegnet.py:NAME`, combine with commas, e.g. `:toy,single_l
                     vgg16-00b39a1b.pth. Combine with source_only / oracle for the VGG baseline and oracle rows.
   resnet101_tv      torchvision-layout ResNet-101 backbone (import_torch --arch deeplabv2_resnet101_tv)
   official_lr       backbone lr x3 as the official optimizer effectively steps it (see config_base.py)
-  synthia           SYNTHIA -> Cityscapes (Table 4: multi-level 46.7 mIoU over 13 classes; 16-class IoUs logged)
+  synthia           SYNTHIA -> Cityscapes: 16-class table with mIoU (16) and mIoU13 (Table 4's 13-class mIoU:
+                    multi-level 46.7; checkpoints are ranked by the 16-class mIoU)
   synscapes         Synscapes -> Cityscapes (Table 9, with single_level: 52.7 vanilla; with lsgan: 53.1)
+  gta5              GTA5 -> Cityscapes (the default pair)
   crosscity_CITY    Cityscapes -> Cross-City CITY in rome / rio / tokyo / taipei (Table 6), lambda_adv 5e-4
+  multiscale_flip   test at scales 0.7 / 1.0 / 1.3 plus flips (FADA's multi_scale_inference), any method
+  fada_adv_aug      FADA's source input: colour jitter + class-balanced sampling (docs/datasets.md)
+  fada_sd_aug       FADA's self-distillation input: random scale 0.5-1.5 of the native image, 512x1024 crop,
+                    flip, jitter, applied to the labelled (source) stream
   toy               the embedded toy domain pair and a small ResNet; runs on a 2-core CPU:
     python -m uda_jax.main --config configs/adaptsegnet.py:toy --workdir runs/toy
-  Toy results (2-core CPU, 1500 steps, ~5 min; mean +- std over seeds 0-2): see README.md "Toy benchmark".
+  Toy results (2-core CPU, 1200 steps, ~5 min; mean +- std over seeds 0-2): see README.md "Toy benchmark".
 
 Where paper and official code differ, the default follows the code (it produced the published numbers):
   2-branch ASPP (model.aspp_branches=4 is the paper's), BatchNorm with per-batch statistics in training
@@ -37,7 +43,6 @@ Where paper and official code differ, the default follows the code (it produced 
 """
 
 from uda_jax import config_base
-from uda_jax.data import labels
 from uda_jax.errors import UserError
 
 SWEEP = ("0.0005", "0.001", "0.002", "0.004")
@@ -83,12 +88,6 @@ def _vgg16(c):
   return c
 
 
-def _synthia13(c):
-  """Table 4: the mIoU over the 13 classes (SYNTHIA protocol without wall, fence, pole)."""
-  c.eval.class_subset = labels.SUBSET_13_OF_16
-  return c
-
-
 def _crosscity_lambda(c):
   c.loss.lambda_adv_main = c.loss.lambda_adv_aux = 5e-4  # Sec. 6.3: smaller gap, smaller adversarial weight
   return c
@@ -127,6 +126,8 @@ PRESETS = {
     "resnet101_tv": _resnet101_tv,
     "toy": config_base.toy,
     **config_base.DATASET_PRESETS,
+    **config_base.EVAL_PRESETS,
+    **config_base.AUGMENT_PRESETS,
     **{f"{space}_{v}": _sweep(space, v) for space in ("output", "feature") for v in SWEEP},
 }
 
@@ -138,11 +139,11 @@ def get_config(arg: str | None = None):
   if unknown:
     raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/adaptsegnet.py; "
                     f"known: {', '.join(PRESETS)}")
-  # 'toy' first, so paper presets then apply on top of the toy data and network; 'oracle' last, as it copies data fields.
-  for n in sorted(names, key=lambda n: (n != "toy", n == "oracle")):
+  # 'toy' first, so paper presets then apply on top of the toy data and network; input augmentations after the
+  # dataset presets, whose sizes they replace; 'oracle' last, as it copies data fields.
+  order = lambda n: (n != "toy", n in config_base.AUGMENT_PRESETS, n == "oracle")
+  for n in sorted(names, key=order):
     c = PRESETS[n](c)
-    if n == "synthia":
-      c = _synthia13(c)
-    elif n.startswith("crosscity_"):
+    if n.startswith("crosscity_"):
       c = _crosscity_lambda(c)
   return c

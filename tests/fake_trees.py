@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from uda_jax.data import labels as labels_lib
+# The real-format writers live in the package (the input benchmark writes the same files); re-exported here.
+from uda_jax.data.fake_trees import (  # pylint: disable=unused-import
+    write_cityscapes_pair, write_gray_png, write_gta5_pair, write_palette_png, write_rgb_png)
 
 H, W = 5, 7  # Different sides, so a transposed label or image cannot pass.
 
@@ -27,11 +28,6 @@ def ids_from(rng: np.random.Generator, values, h: int = H, w: int = W) -> np.nda
   return ids.astype(np.int64)
 
 
-def write_rgb_png(path: Path, image: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(image, "RGB").save(path)
-
-
 def write_jpeg(path: Path, image: np.ndarray) -> np.ndarray:
   """Writes a JPEG; returns its decoded pixels (what a pass-through builder must give back).
 
@@ -42,24 +38,6 @@ def write_jpeg(path: Path, image: np.ndarray) -> np.ndarray:
   data = tf.io.encode_jpeg(image, quality=90).numpy()
   path.write_bytes(data)
   return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE").numpy()
-
-
-def write_gray_png(path: Path, ids: np.ndarray) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(ids.astype(np.uint8), "L").save(path)
-
-
-def write_palette_png(path: Path, ids: np.ndarray) -> None:
-  """GTA5's label format: mode 'P', pixel values = label ids, palette = their colours."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  image = Image.fromarray(ids.astype(np.uint8), "P")
-  palette = np.zeros((256, 3), np.uint8)
-  for _, label_id, colour in labels_lib.CITYSCAPES19:
-    palette[label_id] = colour
-  image.putpalette(palette.reshape(-1).tolist())
-  image.save(path)
-  with Image.open(path) as back:  # The file must really be a palette PNG holding the ids.
-    assert back.mode == "P" and np.array_equal(np.asarray(back), ids)
 
 
 def write_synthia_label(path: Path, ids: np.ndarray, rng: np.random.Generator) -> None:
@@ -80,8 +58,7 @@ def gta5(root: Path, seed: int = 0, n: int = 3) -> dict:
     name = f"{i:05d}"
     image = rgb(rng)
     ids = ids_from(rng, (7, 34, 255, 0, 8, 26, 33))
-    write_rgb_png(root / "images" / f"{name}.png", image)
-    write_palette_png(root / "labels" / f"{name}.png", ids)
+    write_gta5_pair(root, name, image, ids)
     written[name] = (image, ids)
   return {"train": written}
 
@@ -121,8 +98,7 @@ def cityscapes(root: Path, seed: int = 0) -> dict:
         stem = f"{city}_000000_{frame:06d}"
         image = rgb(rng)
         ids = ids_from(rng, (7, 8, 12, 13, 17, 23, 32, 33, 0))
-        write_rgb_png(root / "leftImg8bit" / folder / city / f"{stem}_leftImg8bit.png", image)
-        write_gray_png(root / "gtFine" / folder / city / f"{stem}_gtFine_labelIds.png", ids)
+        write_cityscapes_pair(root, folder, city, stem, image, ids)
         # Files next to the labelIds that the builder must ignore.
         write_gray_png(root / "gtFine" / folder / city / f"{stem}_gtFine_labelTrainIds.png", ids * 0 + 255)
         (root / "gtFine" / folder / city / f"{stem}_gtFine_polygons.json").write_text("{}")

@@ -16,7 +16,7 @@ import numpy as np
 
 import adaptsegnet
 from step_utils import init, random_batch
-from uda_jax import parallel, steps
+from uda_jax import evaluate, parallel, steps
 
 
 def run(devices, config, batch, num_steps=2):
@@ -27,6 +27,13 @@ def run(devices, config, batch, num_steps=2):
   for i in range(num_steps):
     states, metrics = step(states, parallel.global_batch(batch, mesh), jnp.int32(i))
   return jax.device_get(states), jax.device_get(metrics)
+
+
+def run_eval(devices, config, seg_state, batches):
+  """Multi-scale + flip evaluation of `batches` on `devices`: (confusion matrix, predictions kept)."""
+  mesh = parallel.make_mesh(devices)
+  seg_state = jax.device_put(seg_state, parallel.replicated(mesh))
+  return evaluate.run(seg_state, steps.make_eval_step(config, mesh), iter(batches), mesh, num_samples=6)
 
 
 def main():
@@ -48,6 +55,17 @@ def main():
     print(f"state {name} max_abs_diff {diffs[worst]:.3e} scale {scale:.3e} at {worst.replace(' ', '')}")
   for k in m1:
     print(f"metric {k} {float(m1[k]):.6f} {float(m4[k]):.6f}")
+
+  # Evaluation: two batches of 4, the second padded (mask) to 3 examples; multi-scale + flip.
+  c.eval.scales, c.eval.flip = (0.75, 1.0), True
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.normal(size=(4, 32, 64, 3)).astype(np.float32),
+              "label": rng.integers(0, 20, (4, 48, 96)).astype(np.int32),
+              "mask": np.array([True, True, True, mask_last])} for mask_last in (True, False)]
+  cm1, s1 = run_eval(jax.devices()[:1], c, one["seg"], batches)
+  cm4, s4 = run_eval(jax.devices(), c, one["seg"], batches)
+  same_preds = all(np.array_equal(a[2], b[2]) for a, b in zip(s1, s4)) and len(s1) == len(s4) == 6
+  print(f"eval cm_equal {np.array_equal(cm1, cm4)} preds_equal {same_preds} pixels {int(cm1.sum())}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,15 @@ def test_toy_trains_evaluates_and_checkpoints_end_to_end(toy_data_dir, tmp_path)
   assert final["step"] == 4 and 0.0 <= final["mIoU"] <= 100.0
   with open(os.path.join(workdir, "eval_final.md")) as f:
     assert "| road |" in f.read()
+  with open(os.path.join(workdir, "eval_final.csv")) as f:
+    assert f.readline().startswith("step,road,sidewalk,building,")
+  with open(os.path.join(workdir, "eval_history.csv")) as f:
+    assert [line.split(",")[0] for line in f.read().splitlines()] == ["step", "2", "4"]
+  # Colourised predictions of the first eval images: on disk and in TensorBoard.
+  for name in ("step2", "step4", "eval_final"):
+    files = sorted(os.listdir(os.path.join(workdir, "predictions", name)))
+    assert files[:2] == ["000_panel.png", "000_pred.png"] and len(files) == 2 * 4
+  assert _image_summaries(workdir) == {2: 4, 4: 4}
 
   # --mode=eval restores the latest checkpoint and reproduces the final evaluation exactly.
   out = _main(f"--config={CONFIG}:toy", f"--workdir={workdir}", "--mode=eval", "--config.eval.checkpoint=latest",
@@ -39,6 +48,19 @@ def test_toy_trains_evaluates_and_checkpoints_end_to_end(toy_data_dir, tmp_path)
     assert json.load(f)["mIoU"] == final["mIoU"]
 
 
+def _image_summaries(workdir):
+  """{step: number of images} of the 'eval/predictions' summaries in workdir's event files."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  found = {}
+  for name in os.listdir(workdir):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, name)):
+        for value in event.summary.value:
+          if value.tag == "eval/predictions":
+            found[event.step] = len(tf.make_ndarray(value.tensor)) - 2  # width, height, then the PNGs
+  return found
+
+
 def test_user_mistakes_get_one_line_errors_and_leave_no_workdir(tmp_path):
   workdir = tmp_path / "run"
   cases = [
@@ -46,6 +68,7 @@ def test_user_mistakes_get_one_line_errors_and_leave_no_workdir(tmp_path):
       ([f"--config={CONFIG}:toy", "--config.train.num_stepz=3"], "unknown config key 'num_stepz'"),
       ([f"--config={CONFIG}", f"--config.data.data_dir={tmp_path / 'no_such_dir'}"],
        "python -m uda_jax.data.prepare gta5 --manual_dir"),
+      ([f"--config={CONFIG}:toy", "--config.eval.scales=(0.7,-1.0)"], "eval.scales=(0.7, -1.0)"),
   ]
   for args, message in cases:
     out = _main(*args, f"--workdir={workdir}", timeout=300)

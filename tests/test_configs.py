@@ -42,6 +42,7 @@ def test_presets_compose_and_unknown_ones_fail():
   c = adaptsegnet.get_config("toy,lsgan")
   assert c.loss.gan == "ls" and not c.model.multi_level and c.data.source == "uda_toy/source"
   assert adaptsegnet.get_config("output_0.004").loss.lambda_adv_main == 0.004
-  assert adaptsegnet.get_config("synthia").eval.class_subset == labels.SUBSET_13_OF_16
+  synthia = adaptsegnet.get_config("synthia")
+  assert synthia.eval.class_set == "synthia16" and synthia.eval.class_subset == ()
   with pytest.raises(UserError, match="unknown preset"):
     adaptsegnet.get_config("toy,nonsense")

@@ -32,7 +32,8 @@ def test_eval_of_imported_release_matches_a_direct_forward(tiny_toy_config, tmp_
   cm = np.zeros((19, 19), np.int64)
   forward = jax.jit(lambda x: model.apply(variables, x, train=False)["main"])
   for batch in pipeline.eval_iterator(c.data):
-    cm += np.asarray(evaluate.confusion_matrix(forward(batch["image"]), batch["label"], batch["mask"], 19))
+    pred = evaluate.predict(forward, batch["image"], batch["label"].shape[1:3])
+    cm += np.asarray(evaluate.confusion_matrix(pred, batch["label"], batch["mask"], 19))
   want = evaluate.summarize(cm, [str(i) for i in range(19)], TOY_CLASSES)
   assert abs(summary["mIoU"] - want["mIoU"]) < 1e-9
   assert (tmp_path / "eval" / "eval_best_step0.md").exists()

@@ -24,3 +24,7 @@ def test_four_devices_equal_one_device_with_frozen_batchnorm():
     assert float(diff) <= 1e-5 * max(float(scale), 1.0), (name, diff, where)
   for _, name, a, b in (r for r in rows if r[0] == "metric"):
     assert float(a) == pytest.approx(float(b), rel=1e-4, abs=1e-6), name
+  # Multi-scale + flip evaluation with a padded batch: same confusion matrix and predictions on 4 devices.
+  (_, _, cm_equal, _, preds_equal, _, pixels), = [r for r in rows if r[0] == "eval"]
+  assert cm_equal == preds_equal == "True"
+  assert 0 < int(pixels) < 7 * 48 * 96  # the padded example and the ignored ids (19) dropped out

@@ -74,11 +74,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 1  # global, per domain (1 source + 1 target)
   c.data.eval_batch_size = 1
   c.data.auto_prepare = True  # prepare generated datasets (the toy) on first use
+  # Training augmentation per role (uda_jax/data/augment.py), in FADA's order: jitter -> scale + crop, or resize
+  # -> flip. These defaults change nothing: AdaptSegNet only resizes to {role}_size.
+  c.data.source_aug = augmentation()
+  c.data.target_aug = augmentation()
+  # FADA: draw the source class-balanced (rare classes more often) in sub-epochs of 3000 (class_balance.py).
+  c.data.class_balanced = False
 
   c.eval = ml_collections.ConfigDict()
   c.eval.class_set = "cityscapes19"
   c.eval.checkpoint = "best"  # what --mode=eval restores: best | latest
   c.eval.class_subset = ()  # train ids the mIoU averages over; empty = the whole class set
+  # Test-time augmentation. Official evaluations are single-scale without flip; FADA's multi_scale_inference
+  # (written but commented out in its test.py) uses scales (0.7, 1.0, 1.3) with flip, averaging softmaxes.
+  c.eval.scales = (1.0,)
+  c.eval.flip = False
+  c.eval.num_images = 8  # colourised predictions of the first N eval images: workdir/predictions + TensorBoard
 
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 150_000
@@ -86,6 +97,36 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 5_000
   c.train.checkpoint_every = 5_000
   c.train.keep_checkpoints = 3
+  return c
+
+
+def augmentation(scale=(1.0, 1.0), crop=(), flip=0.0, jitter=(0.0, 0.0, 0.0, 0.0), pad_image=0.0):
+  """One role's data.{source,target}_aug block; the defaults are no augmentation."""
+  return ml_collections.ConfigDict(dict(
+      # Random scale factor range. Needs crop; relative to data.{role}_size, or the native size if that is None.
+      scale=tuple(scale),
+      crop=tuple(crop),  # (H, W) random crop after scaling, padded if needed; () = resize to data.{role}_size
+      flip=flip,  # horizontal flip probability
+      # torchvision ColorJitter strengths (brightness, contrast, saturation, hue), applied to the native image
+      jitter=tuple(jitter),
+      pad_image=pad_image,  # pixel value (0-255, before normalisation) of the crop's padding; label pads are 255
+  ))
+
+
+def fada_adversarial_aug(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """FADA's adversarial stage (JDAI-CV/FADA configs/deeplabv2_*_adv*.yaml): the source is resized as usual but
+  colour-jittered (brightness, contrast, saturation 0.5, hue 0.2) and drawn class-balanced; no flip, no crop."""
+  c.data.source_aug = augmentation(jitter=(0.5, 0.5, 0.5, 0.2))
+  c.data.class_balanced = True
+  return c
+
+
+def fada_self_distill_aug(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """FADA's self-distillation stage trains on labelled images (there: Cityscapes with pseudo-labels, here the
+  source role) with RandomScale(0.5, 1.5) of the native image, a 512x1024 crop (labels padded with 255), flips
+  and colour jitter."""
+  c.data.source_size = None
+  c.data.source_aug = augmentation(scale=(0.5, 1.5), crop=(512, 1024), flip=0.5, jitter=(0.5, 0.5, 0.5, 0.2))
   return c
 
 
@@ -98,6 +139,7 @@ def toy(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.batch_size = 4
   c.data.eval_batch_size = 20
   c.eval.class_subset = TOY_CLASSES
+  c.eval.num_images = 4
   c.model.blocks = (1, 1, 1, 1)
   c.model.width = 16
   c.disc.channels = (32, 64, 128, 128)
@@ -142,7 +184,20 @@ def crosscity(city: str):
   return apply
 
 
+def gta5(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """GTA5 -> Cityscapes, 19 classes: the base config's pair, named so a command can say it."""
+  return c
+
+
+def multiscale_flip(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Test with FADA's multi_scale_inference: scales 0.7 / 1.0 / 1.3 of the eval size, plus horizontal flips."""
+  c.eval.scales, c.eval.flip = (0.7, 1.0, 1.3), True
+  return c
+
+
 CROSSCITY_CITIES = ("rome", "rio", "tokyo", "taipei")
-DATASET_PRESETS = {"synthia": synthia, "synscapes": synscapes,
+EVAL_PRESETS = {"multiscale_flip": multiscale_flip}
+AUGMENT_PRESETS = {"fada_adv_aug": fada_adversarial_aug, "fada_sd_aug": fada_self_distill_aug}
+DATASET_PRESETS = {"gta5": gta5, "synthia": synthia, "synscapes": synscapes,
                    **{f"crosscity_{city}": crosscity(city) for city in CROSSCITY_CITIES}}
 

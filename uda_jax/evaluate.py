@@ -1,22 +1,45 @@
-"""Evaluation: confusion matrix on device, per-class IoU and mIoU, tables on disk."""
+"""Evaluation: prediction (single- or multi-scale, optionally flipped) and confusion matrix on device; per-class
+IoU and mIoU on the host."""
 
-import json
-import os
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
 
 from uda_jax.ops import resize_bilinear
+from uda_jax.parallel import AXIS
 
 
-def confusion_matrix(logits, labels, mask, num_classes: int):
-  """[C, C] counts (rows ground truth, columns prediction) of one batch.
+def predict(forward: Callable, image, label_size: Sequence[int], scales: Sequence[float] = (1.0,),
+            flip: bool = False):
+  """Train-id prediction [B, Hl, Wl] of `forward` (image -> logits) at the label resolution.
 
-  Logits are upsampled to the label size (align_corners=True) before the argmax, as the official
-  evaluation does; pixels labelled 255 (or any id >= num_classes) and padded examples (mask False) drop out.
+  Single scale: argmax of the logits upsampled (align_corners=True) to the label size, as every official
+  evaluation does. Otherwise FADA's multi_scale_inference: for each scale s the input is resized
+  (align_corners=True) to (int(H*s), int(W*s)); the softmax of the upsampled logits is summed over scales and,
+  with `flip`, over the horizontally flipped input (its prediction flipped back).
   """
-  pred = jnp.argmax(resize_bilinear(logits, labels.shape[1:3]), axis=-1)
+  label_size = tuple(label_size)
+  if tuple(scales) == (1.0,) and not flip:
+    return jnp.argmax(resize_bilinear(forward(image), label_size), axis=-1)
+  h, w = image.shape[1:3]
+  total = 0.0
+  for s in scales:
+    x = image if s == 1.0 else resize_bilinear(image, (int(h * s), int(w * s)))
+    total += jax.nn.softmax(resize_bilinear(forward(x), label_size), axis=-1)
+    if flip:  # align_corners resizing commutes with flipping, so flip the upsampled logits back
+      total += jax.nn.softmax(resize_bilinear(forward(x[:, :, ::-1]), label_size)[:, :, ::-1], axis=-1)
+  return jnp.argmax(total, axis=-1)
+
+
+def confusion_matrix(pred, labels, mask, num_classes: int):
+  """[C, C] counts (rows ground truth, columns prediction) of one batch of train-id maps [B, H, W].
+
+  Pixels labelled 255 (or any id >= num_classes) and padded examples (mask False) drop out.
+  """
   valid = (labels >= 0) & (labels < num_classes) & mask[:, None, None]
   index = jnp.where(valid, labels * num_classes + pred, num_classes * num_classes)
   counts = jnp.zeros(num_classes * num_classes + 1, jnp.int32).at[index.reshape(-1)].add(1)
@@ -32,48 +55,43 @@ def iou_per_class(cm: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / union, np.nan)
 
 
-def summarize(cm: np.ndarray, class_names, subset=None) -> dict:
-  """{'per_class': {name: IoU %}, 'mIoU': %, 'pixel_acc': %}; mIoU is the NaN-mean over `subset` (all classes
-  by default) as the official compute_iou.py computes it."""
+def _nanmean(values: np.ndarray) -> float:
+  return float(100 * np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def summarize(cm: np.ndarray, class_names, subset=None, extra_means=None) -> dict:
+  """{'per_class': {name: IoU %}, 'mIoU': %, 'extra': {name: %}, 'pixel_acc': %}.
+
+  mIoU is the NaN-mean over `subset` (all classes by default), as the official compute_iou.py computes it, and
+  per_class lists those classes in class-set order (the papers' column order). `extra_means` ({name: class
+  indices}) adds further means of the same matrix, e.g. SYNTHIA's 13-class mIoU* next to the 16-class mIoU.
+  """
   iou = iou_per_class(cm)
   idx = list(range(len(class_names))) if subset is None else list(subset)
   cm = np.asarray(cm, np.float64)
   return {
       "per_class": {class_names[i]: float(100 * iou[i]) for i in idx},
-      "mIoU": float(100 * np.nanmean(iou[idx])) if np.isfinite(iou[idx]).any() else float("nan"),
+      "mIoU": _nanmean(iou[idx]),
+      "extra": {name: _nanmean(iou[list(ids)]) for name, ids in (extra_means or {}).items()},
       "pixel_acc": float(100 * np.trace(cm) / max(cm.sum(), 1)),
   }
 
 
-def markdown_table(summary: dict, title: str = "") -> str:
-  names = list(summary["per_class"])
-  head = "| " + " | ".join(names + ["mIoU"]) + " |"
-  rule = "|" + "---|" * (len(names) + 1)
-  row = "| " + " | ".join(f"{summary['per_class'][n]:.1f}" for n in names) + f" | {summary['mIoU']:.1f} |"
-  return "\n".join(([f"**{title}**", ""] if title else []) + [head, rule, row]) + "\n"
+def run(seg_state, eval_step, batches, mesh, num_samples: int = 0):
+  """Accumulates the confusion matrix over `batches` (process-local numpy dicts with a 'mask').
 
-
-def write_results(workdir: str, summary: dict, step: int, name: str = "eval") -> tuple[str, str]:
-  """Writes <name>.md and <name>.json into workdir atomically (write then rename)."""
-  os.makedirs(workdir, exist_ok=True)
-  paths = []
-  for ext, text in (("md", markdown_table(summary, f"{name} at step {step}")),
-                    ("json", json.dumps({"step": step, **summary}, indent=2))):
-    path = os.path.join(workdir, f"{name}.{ext}")
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
-    paths.append(path)
-  return tuple(paths)
-
-
-def run(seg_state, eval_step, batches, mesh) -> np.ndarray:
-  """Accumulates the confusion matrix of every batch of `batches` (process-local numpy dicts)."""
+  Returns (cm, samples): samples are (image, label, prediction) numpy triples of the first `num_samples`
+  unpadded examples this process evaluated (with one process: the first images of the split).
+  """
   from uda_jax import parallel  # pylint: disable=g-import-not-at-top
-  total = None
+  total, samples = None, []
   for batch in batches:
-    cm = eval_step(seg_state, parallel.global_batch(batch, mesh))
-    total = cm if total is None else total + cm
+    out = eval_step(seg_state, parallel.global_batch(batch, mesh))
+    total = out["cm"] if total is None else total + out["cm"]
+    if len(samples) < num_samples:
+      pred = np.asarray(multihost_utils.global_array_to_host_local_array(out["pred"], mesh, P(AXIS)))
+      for i in np.flatnonzero(batch["mask"])[: num_samples - len(samples)]:
+        samples.append((batch["image"][i], batch["label"][i], pred[i]))
   if total is None:
     raise ValueError("the evaluation split yielded no batches")
-  return np.asarray(jax.device_get(total))
+  return np.asarray(jax.device_get(total)), samples

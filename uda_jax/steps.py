@@ -44,12 +44,14 @@ def train_step(states, batch, step, *, method, config, axis_name=AXIS):
   return new, jax.lax.pmean(metrics, axis_name)
 
 
-def eval_step(seg_state, batch, *, num_classes, axis_name=AXIS):
-  """Confusion matrix of one padded batch, summed over devices."""
-  logits = seg_state.apply_fn({"params": seg_state.params, "batch_stats": seg_state.batch_stats},
-                              batch["image"], train=False)["main"]
-  cm = evaluate.confusion_matrix(logits, batch["label"], batch["mask"], num_classes)
-  return jax.lax.psum(cm, axis_name)
+def eval_step(seg_state, batch, *, num_classes, scales=(1.0,), flip=False, axis_name=AXIS):
+  """Prediction at label resolution (uint8 train ids, sharded like the batch) and the confusion matrix of one
+  padded batch, summed over devices."""
+  variables = {"params": seg_state.params, "batch_stats": seg_state.batch_stats}
+  forward = lambda x: seg_state.apply_fn(variables, x, train=False)["main"]
+  pred = evaluate.predict(forward, batch["image"], batch["label"].shape[1:3], scales, flip)
+  cm = evaluate.confusion_matrix(pred, batch["label"], batch["mask"], num_classes)
+  return {"cm": jax.lax.psum(cm, axis_name), "pred": pred.astype("uint8")}
 
 
 def make_train_step(method, config, mesh):
@@ -58,8 +60,7 @@ def make_train_step(method, config, mesh):
                  donate_argnums=0)
 
 
-def make_eval_step(num_classes, mesh):
-  body = functools.partial(eval_step, num_classes=num_classes)
-  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P()))
-
-
+def make_eval_step(config, mesh):
+  body = functools.partial(eval_step, num_classes=config.model.num_classes, scales=tuple(config.eval.scales),
+                           flip=bool(config.eval.flip))
+  return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs={"cm": P(), "pred": P(AXIS)}))

@@ -10,27 +10,35 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from uda_jax import checkpoint, evaluate, methods, optim, parallel, steps
+from uda_jax import checkpoint, evaluate, methods, optim, parallel, results, steps, visualize
 from uda_jax.data import labels, pipeline
 from uda_jax.errors import UserError
 
 
 def _class_set(config):
+  """Checks the eval config; returns the class set's (names, palette)."""
   if config.eval.class_set not in labels.CLASS_SETS:
     raise UserError(f"eval.class_set {config.eval.class_set!r} is not known; choose one of "
                     f"{', '.join(labels.CLASS_SETS)}")
-  names, _ = labels.CLASS_SETS[config.eval.class_set]
+  names, palette = labels.CLASS_SETS[config.eval.class_set]
   if len(names) != config.model.num_classes:
     raise UserError(f"eval.class_set {config.eval.class_set!r} has {len(names)} classes but "
                     f"model.num_classes is {config.model.num_classes}")
-  return names
+  if not config.eval.scales or any(not 0 < s <= 4 for s in config.eval.scales):
+    raise UserError(f"eval.scales={tuple(config.eval.scales)!r}: give one or more factors in (0, 4], e.g. "
+                    "(1.0,) or (0.7, 1.0, 1.3)")
+  return names, palette
 
 
 def run_eval(config, seg_state, eval_step, mesh):
+  """(summary, samples) of one pass over the eval split; samples feed `report`'s colourised predictions."""
   batches = pipeline.eval_iterator(config.data, process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  cm = evaluate.run(seg_state, eval_step, batches, mesh)
-  return evaluate.summarize(cm, _class_set(config), tuple(config.eval.class_subset) or None), cm
+  cm, samples = evaluate.run(seg_state, eval_step, batches, mesh, config.eval.num_images)
+  names, _ = _class_set(config)
+  summary = evaluate.summarize(cm, names, tuple(config.eval.class_subset) or None,
+                               labels.EXTRA_MEANS.get(config.eval.class_set))
+  return summary, samples
 
 
 def train_and_evaluate(config, workdir: str):
@@ -61,7 +69,7 @@ def train_and_evaluate(config, workdir: str):
   logging.info("Parameters: %s", {k: sum(x.size for x in jax.tree.leaves(s.params)) for k, s in states.items()})
 
   train_step = steps.make_train_step(method, config, mesh)
-  eval_step = steps.make_eval_step(config.model.num_classes, mesh)
+  eval_step = steps.make_eval_step(config, mesh)
   num_steps = config.train.num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every)
   summary = None
@@ -79,9 +87,8 @@ def train_and_evaluate(config, workdir: str):
         raise FloatingPointError(f"non-finite loss at step {done}: {scalars}")
       writer.write_scalars(done, {**scalars, **optim.learning_rates(config.optim, step)})
     if done % config.train.eval_every == 0 or done == num_steps:
-      summary, _ = run_eval(config, states["seg"], eval_step, mesh)
-      writer.write_scalars(done, {"eval/mIoU": summary["mIoU"],
-                                  **{f"eval/iou_{k}": v for k, v in summary["per_class"].items()}})
+      summary, samples = run_eval(config, states["seg"], eval_step, mesh)
+      _write_eval(config, workdir, writer, done, summary, samples)
       logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
       ckpt.save_if_best(done, states, summary["mIoU"])
     if done % config.train.checkpoint_every == 0 or done == num_steps:
@@ -90,8 +97,9 @@ def train_and_evaluate(config, workdir: str):
   ckpt.close()
 
   if summary is None:  # resumed after the last step: evaluate the final state once more
-    summary, _ = run_eval(config, states["seg"], eval_step, mesh)
-  report(workdir, summary, num_steps, "eval_final")
+    summary, samples = run_eval(config, states["seg"], eval_step, mesh)
+  report(config, workdir, summary, samples, num_steps, "eval_final")
+  writer.close()
   return states, summary
 
 
@@ -100,6 +108,7 @@ def evaluate_checkpoint(config, workdir: str):
   method = methods.get(config.method)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
+  _class_set(config)
   n = pipeline.num_eval_examples(config.data)
   h, w = config.data.eval_size or (64, 64)
   shapes = {"source_image": (1, h, w, 3), "source_label": (1, h, w), "target_image": (1, h, w, 3)}
@@ -114,18 +123,40 @@ def evaluate_checkpoint(config, workdir: str):
   elif not config.init_from:
     raise UserError(f"nothing to evaluate: {workdir} holds no checkpoint and config.init_from is empty")
   t0 = time.time()
-  summary, _ = run_eval(config, states["seg"], steps.make_eval_step(config.model.num_classes, mesh), mesh)
+  summary, samples = run_eval(config, states["seg"], steps.make_eval_step(config, mesh), mesh)
   logging.info("evaluated %d images in %.1f s", n, time.time() - t0)
-  report(workdir, summary, step, f"eval_{config.eval.checkpoint}_step{step}")
+  report(config, workdir, summary, samples, step, f"eval_{config.eval.checkpoint}_step{step}")
   return summary
 
 
-def report(workdir, summary, step, name):
-  table = evaluate.markdown_table(summary, f"target {name} (step {step})")
+def _write_eval(config, workdir, writer, step, summary, samples):
+  """A periodic evaluation: scalars and prediction panels to TensorBoard, a row of eval_history.csv."""
+  writer.write_scalars(step, {"eval/mIoU": summary["mIoU"], "eval/pixel_acc": summary["pixel_acc"],
+                              **{f"eval/{k}": v for k, v in summary["extra"].items()},
+                              **{f"eval/iou_{k}": v for k, v in summary["per_class"].items()}})
+  if jax.process_index() == 0:
+    results.append_history(workdir, summary, step)
+    panels = _write_predictions(config, workdir, samples, f"step{step}")
+    if len(panels):
+      writer.write_images(step, {"eval/predictions": panels})
+
+
+def _write_predictions(config, workdir, samples, name):
+  _, palette = labels.CLASS_SETS[config.eval.class_set]
+  return visualize.write_predictions(os.path.join(workdir, "predictions", name), samples, palette,
+                                     config.data.normalization)
+
+
+def report(config, workdir, summary, samples, step, name):
+  """Prints the per-class table; process 0 writes it as .md, .csv, .json and the colourised predictions."""
+  table = results.markdown_table(summary, f"target {name} (step {step})")
   print(table, flush=True)
   if jax.process_index() == 0:
-    md, js = evaluate.write_results(workdir, summary, step, name)
-    logging.info("wrote %s and %s", md, js)
+    paths = results.write_results(workdir, summary, step, name)
+    if samples:
+      _write_predictions(config, workdir, samples, name)
+      paths.append(os.path.join(workdir, "predictions", name))
+    logging.info("wrote %s", ", ".join(paths))
 
 
 def _flatten(d, prefix=""):

@@ -104,6 +104,17 @@ CLASS_SETS = {
     "crosscity13": (CLASS_NAMES_13, PALETTE_13),
 }
 
+# Means reported beside the mIoU of a class set: SYNTHIA papers give the 16-class mIoU and the 13-class mIoU*
+# (here 'mIoU13') from the same confusion matrix.
+EXTRA_MEANS = {"synthia16": {"mIoU13": SUBSET_13_OF_16}}
+
+# Column headers of the papers' per-class tables.
+SHORT_NAMES = {"vegetation": "veg", "motorcycle": "mbike", "bicycle": "bike"}
+
+
+def short_name(name: str) -> str:
+  return SHORT_NAMES.get(name, name)
+
 
 def colorize(train_ids: np.ndarray, palette: np.ndarray = PALETTE_19) -> np.ndarray:
   """Train-id map [H, W] -> RGB uint8 [H, W, 3]; ignore and unknown ids are black."""

@@ -4,13 +4,20 @@ The global batch of training step s is a pure function of (seed, s): example ind
 permutation seeded by (seed, epoch, stream), read by random access from the prepared array_record files. A run
 resumed at step s therefore sees exactly the batches an uninterrupted run sees, and every process reads only
 its contiguous slice of the global batch. Python only picks indices and fetches serialized records; parsing,
-PNG decoding, resizing, label mapping and normalisation run in tf.data graph functions on tf.data's threads.
+PNG decoding, augmentation, resizing, label mapping and normalisation run in tf.data graph functions on
+tf.data's threads. Training augmentations are stateless: the example at global stream position
+p = step * batch_size + i is augmented with a seed derived from (seed, role, p), so they too are a pure function
+of (seed, step), whatever the process count.
 
 `data_cfg` is `config.data` (an ml_collections.ConfigDict or any object with the same attributes):
   data_dir ('' = tfds default), source / source_split, target / target_split, eval / eval_split (tfds names
   like 'uda_toy/source'), source_label_map / eval_label_map (keys of labels.LABEL_MAPS), source_size,
   target_size, eval_size, eval_label_size ((H, W) or None = native), normalization, batch_size (global, per
-  domain), eval_batch_size (global), auto_prepare.
+  domain), eval_batch_size (global), auto_prepare;
+  source_aug / target_aug (augment.Augment fields: scale, crop, flip, jitter, pad_image; absent or None = none):
+  with crop=(H, W) the image is randomly scaled relative to {role}_size (None: its native size), then randomly
+  cropped to crop; without crop it is resized to {role}_size as usual;
+  class_balanced (draw the source stream with class_balance.ClassBalancedSampler instead of epochs).
 """
 
 import dataclasses
@@ -22,7 +29,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from uda_jax.data import augment
 from uda_jax.data import builders
+from uda_jax.data import class_balance
 from uda_jax.data import labels
 from uda_jax.errors import UserError  # A ValueError whose message main.py prints without a traceback.
 
@@ -77,27 +86,44 @@ def train_iterator(
   slice of the global batch.
   """
   local = _local_batch(data_cfg.batch_size, process_index, process_count, "batch_size")
-  table = _label_table(_cfg(data_cfg, "source_label_map", "cityscapes_ids_to_19"), "source_label_map")
+  label_map = _cfg(data_cfg, "source_label_map", "cityscapes_ids_to_19")
   kwargs = dict(seed=seed, start_step=start_step, process_index=process_index, local=local)
-  source, source_errors = _train_stream(data_cfg, "source", label_table=table, **kwargs)
-  target, target_errors = _train_stream(data_cfg, "target", label_table=None, **kwargs)
+  source, source_errors = _train_stream(data_cfg, "source", label_map=label_map, **kwargs)
+  target, target_errors = _train_stream(data_cfg, "target", label_map=None, **kwargs)
   ds = tf.data.Dataset.zip(source, target).map(
       lambda s, t: {"source_image": s["image"], "source_label": s["label"], "target_image": t["image"]}
   )
   return _as_numpy(ds.prefetch(tf.data.AUTOTUNE), source_errors + target_errors)
 
 
-def _train_stream(data_cfg, role, *, seed, start_step, process_index, local, label_table):
-  """Batches of one domain ('source' or 'target'); labels only where a label table is given."""
-  split = _open(data_cfg, getattr(data_cfg, role), _cfg(data_cfg, f"{role}_split", "train"))
+def _train_stream(data_cfg, role, *, seed, start_step, process_index, local, label_map):
+  """Batches of one domain ('source' or 'target'); labels only where a label map is given."""
+  split_name = _cfg(data_cfg, f"{role}_split", "train")
+  split = _open(data_cfg, getattr(data_cfg, role), split_name)
+  table = None if label_map is None else _label_table(label_map, f"{role}_label_map")
   size = _size(_cfg(data_cfg, f"{role}_size", None))
+  aug = augment.Augment.from_config(_cfg(data_cfg, f"{role}_aug", None), f"data.{role}_aug")
   decode = _Decoder(split, _cfg(data_cfg, "normalization", Normalization.CAFFE_BGR), image_size=size,
-                    label_size=size, size_field=f"{role}_size", label_table=label_table)
-  sampler = EpochSampler(len(split.records), seed, role)
+                    label_size=size, size_field=f"{role}_size", label_table=table, aug=aug)
+  if role == "source" and _cfg(data_cfg, "class_balanced", False):
+    presence = class_balance.class_presence(split.records, split.features, table, cache_dir=split.data_dir,
+                                            split=split_name, label_map=label_map)
+    sampler = class_balance.ClassBalancedSampler(presence, seed, role)
+  else:
+    sampler = EpochSampler(len(split.records), seed, role)
   offset = process_index * local + np.arange(local)
-  indices = lambda step: sampler(step * data_cfg.batch_size + offset)
-  records = _records(split, tf.data.Dataset.counter(start_step), indices, local)
+  positions = lambda step: step * data_cfg.batch_size + offset
+  key = _stream_key(seed, role)
+  seeds = lambda step: np.stack([np.full(local, key), positions(step)], axis=1)
+  records = _records(split, tf.data.Dataset.counter(start_step), lambda step: sampler(positions(step)), local,
+                     seeds_of=seeds)
   return records.map(decode, **_PARALLEL).batch(local), decode.errors
+
+
+def _stream_key(seed: int, role: str) -> int:
+  """First half of the augmentation seeds of a role's examples; the second is the stream position."""
+  state = np.random.SeedSequence([int(seed) % 2**63, zlib.crc32(role.encode())]).generate_state(2, np.uint32)
+  return int((int(state[0]) << 31) ^ int(state[1]))  # < 2**63: fits an int64.
 
 
 def eval_iterator(
@@ -185,6 +211,7 @@ class _Split:
   name: str  # 'dataset/config:split', for messages.
   records: Sequence[bytes]  # Random access to serialized tf.train.Examples.
   features: tfds.features.FeaturesDict
+  data_dir: str  # Where the prepared files are (derived data like class presence is cached there too).
 
 
 def _open(data_cfg, name: str, split: str) -> _Split:
@@ -193,38 +220,49 @@ def _open(data_cfg, name: str, split: str) -> _Split:
   if split not in builder.info.splits:
     raise UserError(f"Dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}.")
   records = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-  return _Split(f"{name}:{split}", records, builder.info.features)
+  return _Split(f"{name}:{split}", records, builder.info.features, str(builder.data_dir))
 
 
-def _records(split: _Split, steps: tf.data.Dataset, indices_of, local: int) -> tf.data.Dataset:
+def _records(split: _Split, steps: tf.data.Dataset, indices_of, local: int, seeds_of=None) -> tf.data.Dataset:
   """Serialized records of indices_of(step) for each step, flattened to one element per record, in order.
 
-  Only this lookup runs in Python (sequentially, so the sampler needs no lock); decoding follows in graph mode.
+  With seeds_of (step -> int64 [local, 2]), each element is (record, its augmentation seed). Only this lookup
+  runs in Python (sequentially, so the sampler needs no lock); decoding follows in graph mode.
   """
 
   def fetch(step):
-    return np.array(split.records.__getitems__(indices_of(int(step)).tolist()), dtype=object)
+    step = int(step)
+    records = np.array(split.records.__getitems__(indices_of(step).tolist()), dtype=object)
+    return records if seeds_of is None else (records, np.asarray(seeds_of(step), np.int64))
 
   def fetch_tf(step):
-    return tf.ensure_shape(tf.numpy_function(fetch, [step], tf.string), [local])
+    if seeds_of is None:
+      return tf.ensure_shape(tf.numpy_function(fetch, [step], tf.string), [local])
+    records, seeds = tf.numpy_function(fetch, [step], (tf.string, tf.int64))
+    return tf.ensure_shape(records, [local]), tf.ensure_shape(seeds, [local, 2])
 
   return steps.map(fetch_tf).unbatch()
 
 
 class _Decoder:
-  """Serialized example -> {'image': normalised float32 [H, W, 3], 'label': int32 train ids [H, W]}.
+  """(Serialized example[, seed]) -> {'image': normalised float32 [H, W, 3], 'label': int32 train ids [H, W]}.
 
   A size of None keeps the native size, which must then be the same for every example: the first record sets
-  it, and a differing one stops the iterator with a ValueError naming the config field to set.
+  it, and a differing one stops the iterator with a ValueError naming the config field to set. An active `aug`
+  (augment.Augment; training only, label_size == image_size) needs the seed; with a crop the output size is
+  fixed, so native sizes may vary.
   """
 
   def __init__(self, split, normalization, *, image_size, label_size, size_field, label_table,
-               label_size_field=None):
+               label_size_field=None, aug=augment.Augment()):
     self.split = split
     self.normalization = Normalization(normalization)
     self.image_size, self.label_size = image_size, label_size
+    self.aug = aug
     self.table = None if label_table is None else tf.constant(label_table, tf.uint8)
     self.errors = []  # Messages of the size checks, to turn their failures into clear ValueErrors.
+    if aug.crop is not None:
+      image_size = label_size = aug.crop  # Fixed output: no native size to check.
     first = None
     if image_size is None or (label_table is not None and label_size is None):
       first = split.features.deserialize_example(tf.constant(split.records[0]))
@@ -243,19 +281,23 @@ class _Decoder:
     )
     return shape, self.errors[-1]
 
-  def __call__(self, serialized):
+  def __call__(self, serialized, seed=None):
     decoders = None if self.table is not None else {"label": tfds.decode.SkipDecoding()}
     example = self.split.features.deserialize_example(serialized, decoders=decoders)
     image = _check(example["image"], self.native_image)
-    if self.image_size is not None:
-      image = tf.image.resize(image, self.image_size, method="bicubic", antialias=True)
-      image = tf.clip_by_value(image, 0.0, 255.0)  # Bicubic overshoots.
+    label = None
+    if self.table is not None:  # Train ids from here on: padding and resizing never touch raw ids.
+      label = tf.gather(self.table, tf.cast(_check(example["label"], self.native_label)[..., 0], tf.int32))
+    if self.aug.active:
+      image, label = augment.apply(self.aug, image, label, seed, self.image_size)
+    else:
+      if self.image_size is not None:
+        image = augment.resize_image(image, self.image_size)
+      if label is not None and self.label_size is not None:
+        label = augment.resize_label(label, self.label_size)
     out = {"image": normalize(image, self.normalization)}
-    if self.table is not None:
-      label = _check(example["label"], self.native_label)
-      if self.label_size is not None:
-        label = tf.image.resize(label, self.label_size, method="nearest")
-      out["label"] = tf.cast(tf.gather(self.table, tf.cast(label[..., 0], tf.int32)), tf.int32)
+    if label is not None:
+      out["label"] = tf.cast(label, tf.int32)
     return out
 
 

@@ -1,0 +1,46 @@
+"""Colourised predictions of the first evaluation images: palette PNGs at label resolution on disk, and
+image | ground truth | prediction panels on disk and in TensorBoard."""
+
+import os
+
+import numpy as np
+from PIL import Image
+
+from uda_jax.data import labels, pipeline
+
+
+def _nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """Nearest-neighbour resize of [H, W, ...] to size (h, w), as the labels are resized."""
+  rows = (np.arange(size[0]) * array.shape[0]) // size[0]
+  cols = (np.arange(size[1]) * array.shape[1]) // size[1]
+  return array[rows][:, cols]
+
+
+def panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.ndarray, normalization) -> np.ndarray:
+  """uint8 [h, 3w, 3]: the input image, the colourised ground truth and the prediction at the input size."""
+  rgb = pipeline.denormalize_np(image, normalization)
+  size = rgb.shape[:2]
+  gt = labels.colorize(_nearest(label, size), palette)
+  out = labels.colorize(_nearest(pred, size), palette)
+  return np.concatenate([rgb, gt, out], axis=1)
+
+
+def write_predictions(directory: str, samples, palette: np.ndarray, normalization) -> np.ndarray:
+  """Writes <k>_pred.png (palette PNG at label resolution, viewable and readable as train ids) and
+  <k>_panel.png for each (image, label, prediction) sample; returns the panels [N, h, 3w, 3]."""
+  os.makedirs(directory, exist_ok=True)
+  full = np.zeros((256, 3), np.uint8)
+  full[: len(palette)] = palette
+  panels = []
+  for k, (image, label, pred) in enumerate(samples):
+    png = Image.fromarray(np.asarray(pred, np.uint8), "P")
+    png.putpalette(full.reshape(-1).tolist())
+    _save(png, os.path.join(directory, f"{k:03d}_pred.png"))
+    panels.append(panel(image, label, pred, palette, normalization))
+    _save(Image.fromarray(panels[-1]), os.path.join(directory, f"{k:03d}_panel.png"))
+  return np.stack(panels) if panels else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def _save(image: Image.Image, path: str) -> None:
+  image.save(path + ".tmp", format="PNG")
+  os.replace(path + ".tmp", path)
