@@ -18,6 +18,8 @@ from uda_jax.data import toy
 from uda_jax.data.builders import uda_toy
 from uda_jax.errors import UserError
 
+import test_pipeline
+
 TABLE = labels.LABEL_MAPS["cityscapes_ids_to_19"]
 FADA_JITTER = (0.5, 0.5, 0.5, 0.2)
 
@@ -246,18 +248,11 @@ def test_class_presence_of_the_toy_split_is_cached(toy_data_dir, tmp_path, monke
 
 
 def make_cfg(data_dir, **overrides):
-  cfg = ml_collections.ConfigDict(dict(
-      data_dir=data_dir, source="uda_toy/source", source_split="train", target="uda_toy/target",
-      target_split="train", eval="uda_toy/target", eval_split="validation",
-      source_label_map="cityscapes_ids_to_19", eval_label_map="cityscapes_ids_to_19",
-      source_size=None, target_size=(48, 96), eval_size=(48, 96), eval_label_size=None,
-      normalization="caffe_bgr", batch_size=4, eval_batch_size=4, auto_prepare=True,
-      source_aug=dict(scale=(0.5, 1.5), crop=(40, 64), flip=0.5, jitter=FADA_JITTER, pad_image=0.0),
-      target_aug=dict(scale=(0.5, 1.0), crop=(32, 80), flip=0.5, jitter=(0.0,) * 4, pad_image=0.0),
-      class_balanced=True,
-  ))
-  cfg.update(overrides)
-  return cfg
+  """test_pipeline's config with augmentation on both roles and class-balanced source sampling."""
+  aug = dict(source_aug=dict(scale=(0.5, 1.5), crop=(40, 64), flip=0.5, jitter=FADA_JITTER, pad_image=0.0),
+             target_aug=dict(scale=(0.5, 1.0), crop=(32, 80), flip=0.5, jitter=(0.0,) * 4, pad_image=0.0),
+             class_balanced=True)
+  return test_pipeline.make_cfg(data_dir, **{**aug, **overrides})
 
 
 def take(iterator, n):

@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from uda_jax.data import sampling
 from uda_jax.errors import UserError
 
 SUB_EPOCH = 3000
@@ -120,32 +121,25 @@ def _save(path: str, array: np.ndarray) -> None:
 # Sampling.
 
 
-class ClassBalancedSampler:
-  """Example index at each position of an endless class-balanced stream; the interface of EpochSampler.
+class ClassBalancedSampler(sampling.ChunkedSampler):
+  """Example index at each position of an endless class-balanced stream.
 
   Position p reads sub-epoch p // sub_epoch, each a pure function of (seed, stream, sub-epoch index).
   """
 
   def __init__(self, presence: np.ndarray, seed: int, stream: str, sub_epoch: int = SUB_EPOCH):
+    super().__init__()
     self.presence = np.asarray(presence, bool)
     self.n, num = self.presence.shape
     self.drawable = self.presence.any(axis=0)
     if not self.drawable.any():
       raise UserError(f"Class-balanced sampling (stream {stream!r}): no image contains any class.")
-    self.sub_epoch = sub_epoch
+    self.sub_epoch = self.size = sub_epoch
     self._members = [np.flatnonzero(self.presence[:, c]) for c in range(num)]
     self._key = (int(seed) % 2**63, zlib.crc32(stream.encode()), zlib.crc32(b"class_balanced"))
-    self._cache: dict[int, np.ndarray] = {}
 
-  def draws(self, k: int) -> np.ndarray:
+  def chunk(self, k: int) -> np.ndarray:
     """Example indices of sub-epoch k."""
-    if k not in self._cache:
-      if len(self._cache) >= 2:  # Positions only move forward: keep the current and the next sub-epoch.
-        self._cache.pop(min(self._cache))
-      self._cache[k] = self._generate(k)
-    return self._cache[k]
-
-  def _generate(self, k: int) -> np.ndarray:
     rng = np.random.default_rng([*self._key, k])
     counts = np.zeros(len(self._members))
     orders: dict[int, np.ndarray] = {}
@@ -162,12 +156,4 @@ class ClassBalancedSampler:
       out[i] = orders[c][cursors[c]]
       cursors[c] += 1
       counts += self.presence[out[i]]
-    return out
-
-  def __call__(self, positions: np.ndarray) -> np.ndarray:
-    subs, offsets = np.divmod(np.asarray(positions, np.int64), self.sub_epoch)
-    out = np.empty_like(offsets)
-    for k in np.unique(subs):
-      where = subs == k
-      out[where] = self.draws(int(k))[offsets[where]]
     return out

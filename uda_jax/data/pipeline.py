@@ -33,6 +33,7 @@ from uda_jax.data import augment
 from uda_jax.data import builders
 from uda_jax.data import class_balance
 from uda_jax.data import labels
+from uda_jax.data.sampling import EpochSampler
 from uda_jax.errors import UserError  # A ValueError whose message main.py prints without a traceback.
 
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # B, G, R; 0-255 range.
@@ -164,40 +165,6 @@ def eval_iterator(
 def num_eval_examples(data_cfg: Any) -> int:
   """Number of (unpadded) examples in the eval split."""
   return len(_open(data_cfg, data_cfg.eval, _cfg(data_cfg, "eval_split", "validation")).records)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Sampling.
-
-
-class EpochSampler:
-  """Example index at each position of an endless stream over a split of n examples.
-
-  Position p falls in epoch p // n and reads permutation(seed, epoch, stream)[p % n]; a batch may straddle two
-  epochs. `stream` ('source', 'target') keeps the orders of two roles independent even on one dataset.
-  """
-
-  def __init__(self, n: int, seed: int, stream: str):
-    if n <= 0:
-      raise UserError(f"Cannot sample from an empty split (stream {stream!r}).")
-    self.n = n
-    self._key = (int(seed) % 2**63, zlib.crc32(stream.encode()))
-    self._cache: dict[int, np.ndarray] = {}
-
-  def permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._cache:
-      if len(self._cache) >= 2:  # Positions only move forward: keep the current and the next epoch.
-        self._cache.pop(min(self._cache))
-      self._cache[epoch] = np.random.default_rng([*self._key, epoch]).permutation(self.n)
-    return self._cache[epoch]
-
-  def __call__(self, positions: np.ndarray) -> np.ndarray:
-    epochs, offsets = np.divmod(np.asarray(positions, np.int64), self.n)
-    out = np.empty_like(offsets)
-    for epoch in np.unique(epochs):
-      where = epochs == epoch
-      out[where] = self.permutation(int(epoch))[offsets[where]]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
