@@ -134,3 +134,11 @@ def test_predictions_are_palette_pngs_of_the_train_ids_and_panels_show_all_three
   np.testing.assert_array_equal(panels[0, :, 10:20], labels.colorize(label[rows][:, cols]))
   np.testing.assert_array_equal(panels[0, :, 20:], labels.colorize(pred[rows][:, cols]))
   np.testing.assert_array_equal(panels[0, 0, 10], [0, 0, 0])  # ignore is black
+
+
+def test_thumbnails_keep_at_most_max_height_rows():
+  panels = np.arange(2 * 600 * 900 * 3, dtype=np.uint32).reshape(2, 600, 900, 3).astype(np.uint8)
+  small = visualize.thumbnails(panels, max_height=256)
+  assert small.shape == (2, 200, 300, 3)  # stride 3
+  np.testing.assert_array_equal(small, panels[:, ::3, ::3])
+  assert visualize.thumbnails(panels[:, :100], 256).shape == (2, 100, 900, 3)

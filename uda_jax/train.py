@@ -138,7 +138,7 @@ def _write_eval(config, workdir, writer, step, summary, samples):
     results.append_history(workdir, summary, step)
     panels = _write_predictions(config, workdir, samples, f"step{step}")
     if len(panels):
-      writer.write_images(step, {"eval/predictions": panels})
+      writer.write_images(step, {"eval/predictions": visualize.thumbnails(panels)})
 
 
 def _write_predictions(config, workdir, samples, name):

@@ -41,6 +41,13 @@ def write_predictions(directory: str, samples, palette: np.ndarray, normalizatio
   return np.stack(panels) if panels else np.zeros((0, 1, 1, 3), np.uint8)
 
 
+def thumbnails(panels: np.ndarray, max_height: int = 256) -> np.ndarray:
+  """Panels subsampled by an integer stride to at most max_height rows: TensorBoard keeps every image of every
+  evaluation, and full-size Cityscapes panels would add megabytes per evaluation."""
+  stride = -(-panels.shape[1] // max_height) if len(panels) else 1
+  return panels[:, ::stride, ::stride]
+
+
 def _save(image: Image.Image, path: str) -> None:
   image.save(path + ".tmp", format="PNG")
   os.replace(path + ".tmp", path)

@@ -53,9 +53,11 @@ def machine() -> str:
   return f"{model}, {len(os.sched_getaffinity(0))} cores available (os.cpu_count() = {os.cpu_count()})"
 
 
-def data_config(data_dir: str):
-  """The official AdaptSegNet data fields (GTA5 -> Cityscapes, 720x1280 + 512x1024, batch 1 + 1, caffe_bgr)."""
-  data = config_base.base_config().data
+def data_config(data_dir: str, preset: str | None = None):
+  """The official AdaptSegNet data fields (GTA5 -> Cityscapes, 720x1280 + 512x1024, batch 1 + 1, caffe_bgr),
+  with one of config_base.AUGMENT_PRESETS applied if `preset` names it."""
+  c = config_base.base_config()
+  data = (config_base.AUGMENT_PRESETS[preset](c) if preset else c).data
   data.data_dir = data_dir
   data.auto_prepare = False
   return data
@@ -104,14 +106,14 @@ def make_datasets(workdir: Path, num_gta5: int, num_cityscapes: int, gta5_size, 
 # Timing (runs in the pinned subprocess).
 
 
-def stream_config(data_dir: str, stream: str):
+def stream_config(data_dir: str, stream: str, preset: str | None = None):
   """The data config of one stream: official, or with both halves on one dataset for the per-dataset figures.
 
   Both halves on one dataset keep to the public train_iterator: a 'gta5' step is 2 GTA5 frames at 720x1280
   (the label decoded, resized and mapped for one of them), a 'cityscapes' step 2 Cityscapes frames at 512x1024
   (label for one).
   """
-  data = data_config(data_dir)
+  data = data_config(data_dir, preset)
   if stream == "gta5":
     data.target, data.target_split, data.target_size = data.source, data.source_split, data.source_size
   elif stream == "cityscapes":
@@ -119,9 +121,9 @@ def stream_config(data_dir: str, stream: str):
   return data
 
 
-def time_stream(data_dir: str, stream: str, steps: int, warmup: int) -> dict:
+def time_stream(data_dir: str, stream: str, steps: int, warmup: int, preset: str | None = None) -> dict:
   """Steady-state rate of one stream: `warmup` batches (thread start, buffers filling), then `steps` timed."""
-  data_cfg = stream_config(data_dir, stream)
+  data_cfg = stream_config(data_dir, stream, preset)
   iterator = pipeline.train_iterator(data_cfg, seed=0, start_step=0)
   per_step = 2 * data_cfg.batch_size
   batch = next(iterator)
@@ -142,7 +144,8 @@ def _worker(spec: dict) -> None:
   threads = spec["threads"]
   tf.config.threading.set_inter_op_parallelism_threads(threads)
   tf.config.threading.set_intra_op_parallelism_threads(threads)
-  out = {stream: time_stream(spec["data_dir"], stream, spec["steps"], spec["warmup"]) for stream in spec["streams"]}
+  out = {stream: time_stream(spec["data_dir"], stream, spec["steps"], spec["warmup"], spec.get("preset"))
+         for stream in spec["streams"]}
   print(_RESULT_TAG + json.dumps(out), flush=True)
 
 
@@ -181,6 +184,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--steps", type=int, default=60, help="timed steps per stream")
   p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
   p.add_argument("--repeats", type=int, default=3, help="runs per thread count; median and best are reported")
+  p.add_argument("--preset", choices=sorted(config_base.AUGMENT_PRESETS), default=None,
+                 help="time the input of an augmentation preset (e.g. fada_adv_aug) instead of the official one")
   p.add_argument("--workdir", default=None, help="keep frames and prepared data here (default: a temp dir)")
   p.add_argument("--size", type=_size, default=None, help="H,W of every written frame (for tests)")
   p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -200,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
     frames = make_datasets(workdir, args.num_images, args.num_target or args.num_images,
                            args.size or fake_trees.GTA5_SIZE, args.size or fake_trees.CITYSCAPES_SIZE)
     print(_describe_frames(frames), flush=True)
-    spec = {"data_dir": frames["data_dir"], "streams": args.streams, "steps": args.steps, "warmup": args.warmup}
+    spec = {"data_dir": frames["data_dir"], "streams": args.streams, "steps": args.steps, "warmup": args.warmup,
+            "preset": args.preset}
     runs = {t: [] for t in args.threads}
     for _ in range(args.repeats):  # Interleaved, so that a burst of load elsewhere hits every setting alike.
       for t in args.threads:
@@ -240,7 +246,8 @@ _LABELS = {"pair": "gta5 + cityscapes (train)", "gta5": "gta5 + gta5", "cityscap
 
 
 def _table(rows: list[dict], args) -> str:
-  lines = [f"official data config (config_base): batch 1 + 1, caffe_bgr; {args.steps} timed steps after "
+  source = f"preset {args.preset}" if args.preset else "official data config (config_base)"
+  lines = [f"{source}: batch 1 + 1, caffe_bgr; {args.steps} timed steps after "
            f"{args.warmup} warm-up; median (best) of {args.repeats} run(s)",
            f"{'threads':>7} {'cores':>5}  {'stream':<26}{'steps/s':>9}{'images/s':>17}{'images/s/core':>15}"
            f"{'CPU ms/image':>14}"]
