@@ -7,7 +7,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from step_utils import init, random_batch
-from uda_jax import parallel, steps
+import adaptsegnet
+from uda_jax import methods, parallel, steps
 
 
 def _losses_on_one_device(method, config, states, batch, mesh):
@@ -94,3 +95,13 @@ def test_source_only_has_no_discriminators(toy_config):
                                                                   jnp.int32(0))
   np.testing.assert_allclose(float(metrics["loss_seg"]),
                              float(metrics["seg_main"]) + 0.1 * float(metrics["seg_aux"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("presets,channels", [("toy,feature", 8 * 32), ("toy,feature,vgg16", 1024)])
+def test_feature_discriminator_takes_the_backbones_features(presets, channels):
+  """The feature-level D's first conv is sized from the segmenter's features: ResNet layer4 (width * 32), VGG fc7."""
+  c = adaptsegnet.get_config(presets)
+  c.model.width = 8
+  shapes = {"source_image": (1, 256, 512, 3), "source_label": (1, 256, 512), "target_image": (1, 256, 512, 3)}
+  states = jax.eval_shape(lambda: methods.get(c.method).create_states(c, jax.random.key(0), shapes))
+  assert states["d_main"].params["conv1"]["conv"]["kernel"].shape == (4, 4, channels, c.disc.channels[0])

@@ -23,17 +23,21 @@ def disc_name(level):
 
 def create_states(config, rng, shapes):
   k_seg, *k_d = jax.random.split(rng, 3)
-  states = {"seg": common.create_segmenter_state(config, k_seg, shapes["source_image"], shapes.get("axis_name"))}
+  seg = common.create_segmenter_state(config, k_seg, shapes["source_image"], shapes.get("axis_name"))
+  states = {"seg": seg}
   for level, key in zip(common.levels(config), k_d):
-    states[disc_name(level)] = common.create_discriminator_state(config, key, _disc_input_shape(config, shapes))
+    states[disc_name(level)] = common.create_discriminator_state(config, key, _disc_input_shape(config, seg, shapes))
   return states
 
 
-def _disc_input_shape(config, shapes):
-  n, h, w, _ = shapes["target_image"]
+def _disc_input_shape(config, seg, shapes):
+  """What D sees on a target batch: the class map at image size, or the features at their own size and width
+  (read off the segmenter, so any backbone's stride and channels fit: ResNet layer4 2048, VGG fc7 1024)."""
   if config.disc.input == "features":
-    s = 8  # output stride of the backbone
-    return (n, -(-h // s), -(-w // s), config.model.width * 32)
+    variables = {"params": seg.params, "batch_stats": seg.batch_stats}
+    image = jax.ShapeDtypeStruct(shapes["target_image"], jnp.float32)
+    return jax.eval_shape(lambda x: seg.apply_fn(variables, x, train=False)["features"], image).shape
+  n, h, w, _ = shapes["target_image"]
   return (n, h, w, config.model.num_classes)
 
 
