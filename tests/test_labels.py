@@ -18,6 +18,7 @@ def apply(table_name: str, ids) -> np.ndarray:
 def test_tables_are_256_entry_uint8():
   for name, table in labels.LABEL_MAPS.items():
     assert table.shape == (256,) and table.dtype == np.uint8, name
+    assert table[labels.IGNORE] == labels.IGNORE, name  # the pipeline pads raw labels with IGNORE before mapping
 
 
 @pytest.mark.parametrize("table_name, raw, train", [

@@ -6,6 +6,7 @@ import io
 import json
 import os
 
+from uda_jax import files
 from uda_jax.data import labels
 
 
@@ -32,21 +33,14 @@ def csv_table(summary: dict, step: int) -> str:
   return out.getvalue()
 
 
-def _write_atomic(path: str, text: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
-
-
 def write_results(workdir: str, summary: dict, step: int, name: str = "eval") -> list[str]:
   """Writes <name>.md, <name>.csv and <name>.json into workdir; returns their paths."""
-  os.makedirs(workdir, exist_ok=True)
   texts = {"md": markdown_table(summary, f"{name} at step {step}"), "csv": csv_table(summary, step),
            "json": json.dumps({"step": step, **summary}, indent=2)}
   paths = []
   for ext, text in texts.items():
     paths.append(os.path.join(workdir, f"{name}.{ext}"))
-    _write_atomic(paths[-1], text)
+    files.write_atomic(paths[-1], text)
   return paths
 
 
@@ -55,11 +49,7 @@ def append_history(workdir: str, summary: dict, step: int, name: str = "eval_his
   from an earlier checkpoint) are replaced, so the file always reads as one run."""
   path = os.path.join(workdir, f"{name}.csv")
   header, row = csv_table(summary, step).splitlines()
-  rows = []
-  if os.path.exists(path):
-    with open(path) as f:
-      old = f.read().splitlines()
-    if old and old[0] == header:
-      rows = [r for r in old[1:] if int(r.split(",", 1)[0]) < step]
-  _write_atomic(path, "\n".join([header, *rows, row]) + "\n")
+  old = (files.read_text(path) or "").splitlines()
+  rows = [r for r in old[1:] if int(r.split(",", 1)[0]) < step] if old and old[0] == header else []
+  files.write_atomic(path, "\n".join([header, *rows, row]) + "\n")
   return path

@@ -1,11 +1,13 @@
 """Colourised predictions of the first evaluation images: palette PNGs at label resolution on disk, and
 image | ground truth | prediction panels on disk and in TensorBoard."""
 
+import io
 import os
 
 import numpy as np
 from PIL import Image
 
+from uda_jax import files
 from uda_jax.data import labels, pipeline
 
 
@@ -28,13 +30,11 @@ def panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.nd
 def write_predictions(directory: str, samples, palette: np.ndarray, normalization) -> np.ndarray:
   """Writes <k>_pred.png (palette PNG at label resolution, viewable and readable as train ids) and
   <k>_panel.png for each (image, label, prediction) sample; returns the panels [N, h, 3w, 3]."""
-  os.makedirs(directory, exist_ok=True)
-  full = np.zeros((256, 3), np.uint8)
-  full[: len(palette)] = palette
+  colours = labels.full_palette(palette).reshape(-1).tolist()
   panels = []
   for k, (image, label, pred) in enumerate(samples):
     png = Image.fromarray(np.asarray(pred, np.uint8), "P")
-    png.putpalette(full.reshape(-1).tolist())
+    png.putpalette(colours)
     _save(png, os.path.join(directory, f"{k:03d}_pred.png"))
     panels.append(panel(image, label, pred, palette, normalization))
     _save(Image.fromarray(panels[-1]), os.path.join(directory, f"{k:03d}_panel.png"))
@@ -49,5 +49,6 @@ def thumbnails(panels: np.ndarray, max_height: int = 256) -> np.ndarray:
 
 
 def _save(image: Image.Image, path: str) -> None:
-  image.save(path + ".tmp", format="PNG")
-  os.replace(path + ".tmp", path)
+  buffer = io.BytesIO()
+  image.save(buffer, format="PNG")
+  files.write_atomic(path, buffer.getvalue())

@@ -16,9 +16,9 @@ from typing import Any
 
 import tensorflow as tf
 
+from uda_jax.data.labels import IGNORE
 from uda_jax.errors import UserError
 
-IGNORE = 255
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as PIL's convert('L') and torchvision's rgb_to_grayscale.
 
 

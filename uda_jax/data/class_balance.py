@@ -17,7 +17,6 @@ and cached next to the prepared dataset.
 import io
 import os
 import time
-import uuid
 import zlib
 from typing import Sequence
 
@@ -26,11 +25,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from uda_jax import files
 from uda_jax.data import sampling
+from uda_jax.data.labels import IGNORE
 from uda_jax.errors import UserError
 
 SUB_EPOCH = 3000
-IGNORE = 255
 
 
 def num_classes(table: np.ndarray) -> int:
@@ -101,20 +101,12 @@ def _load(path: str, shape) -> np.ndarray | None:
 
 
 def _save(path: str, array: np.ndarray) -> None:
-  # Written under a temporary name and renamed, so a killed run never leaves a half-written cache.
-  tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+  buffer = io.BytesIO()
+  np.save(buffer, array, allow_pickle=False)
   try:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    with tf.io.gfile.GFile(tmp, "wb") as f:
-      f.write(buffer.getvalue())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    files.write_atomic(path, buffer.getvalue())
   except (tf.errors.OpError, OSError) as e:
     logging.warning("Could not cache class presence at %s (%s); keeping it in memory only.", path, e)
-    try:
-      tf.io.gfile.remove(tmp)
-    except (tf.errors.OpError, OSError):
-      pass
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -116,8 +116,13 @@ def short_name(name: str) -> str:
   return SHORT_NAMES.get(name, name)
 
 
-def colorize(train_ids: np.ndarray, palette: np.ndarray = PALETTE_19) -> np.ndarray:
-  """Train-id map [H, W] -> RGB uint8 [H, W, 3]; ignore and unknown ids are black."""
+def full_palette(palette: np.ndarray) -> np.ndarray:
+  """uint8 [256, 3]: the class colours, then black for ignore and every unknown id."""
   full = np.zeros((256, 3), np.uint8)
   full[: len(palette)] = palette
-  return full[np.asarray(train_ids, np.uint8)]
+  return full
+
+
+def colorize(train_ids: np.ndarray, palette: np.ndarray = PALETTE_19) -> np.ndarray:
+  """Train-id map [H, W] -> RGB uint8 [H, W, 3]; ignore and unknown ids are black."""
+  return full_palette(palette)[np.asarray(train_ids, np.uint8)]

@@ -252,9 +252,7 @@ class _Decoder:
     decoders = None if self.table is not None else {"label": tfds.decode.SkipDecoding()}
     example = self.split.features.deserialize_example(serialized, decoders=decoders)
     image = _check(example["image"], self.native_image)
-    label = None
-    if self.table is not None:  # Train ids from here on: padding and resizing never touch raw ids.
-      label = tf.gather(self.table, tf.cast(_check(example["label"], self.native_label)[..., 0], tf.int32))
+    label = None if self.table is None else _check(example["label"], self.native_label)[..., 0]
     if self.aug.active:
       image, label = augment.apply(self.aug, image, label, seed, self.image_size)
     else:
@@ -264,7 +262,9 @@ class _Decoder:
         label = augment.resize_label(label, self.label_size)
     out = {"image": normalize(image, self.normalization)}
     if label is not None:
-      out["label"] = tf.cast(label, tf.int32)
+      # Raw ids -> train ids on the final (smaller) grid; crop padding (IGNORE) stays IGNORE, as every table
+      # maps 255 to 255.
+      out["label"] = tf.cast(tf.gather(self.table, tf.cast(label, tf.int32)), tf.int32)
     return out
 
 
