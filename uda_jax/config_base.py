@@ -11,9 +11,12 @@ TOY_CLASSES = (0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 13)
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "adaptsegnet"  # source_only | adaptsegnet
+  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada
   c.seed = 0
-  c.init_from = ""  # directory written by `python -m uda_jax.tools.import_torch` (pretrained weights)
+  # Directory written by `python -m uda_jax.tools.import_torch` (pretrained weights), or the workdir of an earlier
+  # stage's run (its latest checkpoint: segmenter and same-named discriminators; optimizers and step restart).
+  c.init_from = ""
+  c.init_from_required = ""  # stages that continue another one set this to the error shown without init_from
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = "deeplabv2_resnet"
@@ -25,12 +28,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.multi_level = True  # auxiliary ASPP head on layer3 + its own discriminator
   c.model.aspp_dilations = (6, 12, 18, 24)
   c.model.aspp_branches = 2  # official code sums only the first 2 branches; 4 is the paper's ASPP
-  c.model.bn_mode = "batch_stats"  # official: per-batch statistics in training; or 'frozen'
+  # official: per-batch (per-device) statistics in training; 'frozen' (running statistics); 'sync' (statistics of
+  # the global batch over all devices: torch SyncBatchNorm)
+  c.model.bn_mode = "batch_stats"
   c.model.bn_eps = 1e-5
   c.model.dtype = "float32"  # compute dtype of convolutions: float32 | bfloat16
 
   c.disc = ml_collections.ConfigDict()
-  c.disc.channels = (64, 128, 256, 512)  # then a 1-channel 4x4 conv
+  c.disc.arch = "fc"  # fc (AdaptSegNet's five 4x4 stride-2 convs) | pixel (FADA's fine-grained discriminator)
+  c.disc.channels = (64, 128, 256, 512)  # fc: then a 1-channel 4x4 conv
+  c.disc.width = 256  # pixel: 3x3 convs of width and width // 2, then two 3x3 heads (source, target)
   c.disc.input = "output"  # output (softmax of logits) | features (backbone layer4: "Ours (feature)")
 
   c.loss = ml_collections.ConfigDict()
@@ -39,6 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.lambda_adv_main = 1e-3
   c.loss.lambda_adv_aux = 2e-4
   c.loss.gan = "vanilla"  # vanilla (BCE) | ls (least squares, Appendix A)
+  # FADA's domain encodings (methods/fada.py): soft (eq. 8, clipped) | hard (eq. 7, thresholded) | binary
+  c.loss.encoding = "soft"
+  c.loss.temperature = 1.8  # T of eq. 8
+  c.loss.confidence = 0.9  # soft: clip threshold (1.0 = none, Table 6); hard: keep pixels at or above it
+  c.loss.seg_on_scaled_logits = True  # FADA as run: segmentation CE on logits / T; False: eq. 3's plain logits
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2.5e-4
@@ -50,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.backbone_lr_mult = 1.0
   c.optim.head_lr_mult = 10.0
   c.optim.head_modules = ("layer5", "layer6")
+  c.optim.train_bn = False  # BatchNorm scale/shift trained (FADA self-distillation) or kept as loaded
   c.optim.power = 0.9
   c.optim.decay_steps = 250_000  # poly horizon; training stops at train.num_steps
   c.optim.d_lr = 1e-4
@@ -70,7 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.target_size = (512, 1024)
   c.data.eval_size = (512, 1024)
   c.data.eval_label_size = (1024, 2048)  # evaluate at full label resolution
-  c.data.normalization = "caffe_bgr"  # caffe_bgr (DeepLab Caffe weights) | imagenet (torchvision weights)
+  # caffe_bgr (DeepLab Caffe weights) | vgg_bgr (Caffe VGG16 mean, FADA VGG) | imagenet (torchvision weights)
+  c.data.normalization = "caffe_bgr"
   c.data.batch_size = 1  # global, per domain (1 source + 1 target)
   c.data.eval_batch_size = 1
   c.data.auto_prepare = True  # prepare generated datasets (the toy) on first use

@@ -38,3 +38,11 @@ def gan_loss(d_logits, domain: float, gan: str):
   if gan == "ls":
     return jnp.square(d_logits - domain).mean()
   raise ValueError(f"loss.gan must be 'vanilla' or 'ls', got {gan!r}")
+
+
+def soft_cross_entropy(logits, targets, mask=None, axis_name=None):
+  """Cross-entropy against a target distribution per pixel: mean over pixels (those in `mask`, default all) of
+  -sum_c targets_c log_softmax(logits)_c, over every channel of `logits` [N,H,W,C] (FADA's
+  soft_label_cross_entropy; targets need not sum to 1)."""
+  nll = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  return masked_mean(nll, jnp.ones(nll.shape, bool) if mask is None else mask, axis_name)

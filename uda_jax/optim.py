@@ -9,14 +9,14 @@ def poly(base_lr: float, decay_steps: int, power: float = 0.9):
   return lambda step: base_lr * (1.0 - step / decay_steps) ** power
 
 
-def param_groups(params, head_modules):
-  """Label every leaf 'head', 'frozen' (BatchNorm scale/shift, never trained) or 'backbone'."""
+def param_groups(params, head_modules, train_bn: bool = False):
+  """Label every leaf 'head', 'frozen' (BatchNorm scale/shift unless train_bn) or 'backbone'."""
   flat = traverse_util.flatten_dict(params)
 
   def label(path):
     if any(p in head_modules for p in path):
       return "head"
-    if path[:-1] + ("scale",) in flat:  # a BatchNorm module: its scale and shift stay as loaded
+    if not train_bn and path[:-1] + ("scale",) in flat:  # a BatchNorm module: its scale and shift stay as loaded
       return "frozen"
     return "backbone"
 
@@ -25,7 +25,8 @@ def param_groups(params, head_modules):
 
 def segmenter_sgd(optim_cfg, params):
   """SGD (momentum, torch-style weight decay) with the backbone at `backbone_lr_mult` x lr and the heads at
-  `head_lr_mult` x lr; BatchNorm scale/shift frozen."""
+  `head_lr_mult` x lr; BatchNorm scale/shift frozen unless optim.train_bn (then trained and decayed with the
+  backbone, as torch SGD over feature_extractor.parameters() does)."""
   schedule = poly(optim_cfg.lr, optim_cfg.decay_steps, optim_cfg.power)
 
   def sgd(mult):
@@ -36,7 +37,7 @@ def segmenter_sgd(optim_cfg, params):
   return optax.multi_transform(
       {"backbone": sgd(optim_cfg.backbone_lr_mult), "head": sgd(optim_cfg.head_lr_mult),
        "frozen": optax.set_to_zero()},
-      param_groups(params, tuple(optim_cfg.head_modules)))
+      param_groups(params, tuple(optim_cfg.head_modules), optim_cfg.train_bn))
 
 
 def discriminator_adam(optim_cfg):

@@ -7,21 +7,25 @@ from jax.sharding import PartitionSpec as P
 
 from uda_jax import evaluate
 from uda_jax import parallel
+from uda_jax.errors import UserError
 from uda_jax.tools import init_from
 from uda_jax.parallel import AXIS
 
 
-def init_states(config, method, mesh, batch_shapes):
-  """All train states of `method`, initialised from (seed) and replicated over the mesh."""
+def init_states(config, method, mesh, batch_shapes, pretrained: bool = True):
+  """All train states of `method`, initialised from (seed) and replicated over the mesh, then, if `pretrained`,
+  loaded from config.init_from (skip that when a checkpoint of the run itself will be restored)."""
   shapes = {k: (1, *v[1:]) for k, v in batch_shapes.items()}
   shapes["axis_name"] = parallel.AXIS
   rng = jax.random.key(config.seed)
   init = jax.jit(lambda: method.create_states(config, rng, shapes), out_shardings=parallel.replicated(mesh))
   states = init()
-  if config.init_from:  # pretrained segmenter weights, loaded outside jit and placed like the fresh ones
-    seg = states["seg"]
-    v = init_from.load_init(config.init_from, {"params": seg.params, "batch_stats": seg.batch_stats})
-    states["seg"] = seg.replace(params=v["params"], batch_stats=v["batch_stats"])
+  if not pretrained:
+    return states
+  if config.init_from:  # pretrained weights or an earlier stage's run, loaded outside jit, placed like the fresh
+    states = init_from.load_states(config.init_from, states)
+  elif config.init_from_required:
+    raise UserError(config.init_from_required)
   return states
 
 

@@ -13,6 +13,7 @@ from clu import metric_writers, periodic_actions
 from uda_jax import checkpoint, evaluate, methods, optim, parallel, results, steps, visualize
 from uda_jax.data import labels, pipeline
 from uda_jax.errors import UserError
+from uda_jax.tools import init_from
 
 
 def _class_set(config):
@@ -56,9 +57,11 @@ def train_and_evaluate(config, workdir: str):
   it = local_batches(0)
   first = next(it)  # its shapes size the states; it is also step 0's batch of a fresh run
   pipeline.num_eval_examples(config.data)
-  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in first.items()})
-
+  if config.init_from_required and not config.init_from and not init_from.is_run(workdir):
+    raise UserError(config.init_from_required)  # before anything is written to workdir
   ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
+  resuming = ckpt.latest_step() is not None
+  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in first.items()}, pretrained=not resuming)
   states, restored = ckpt.restore(states)
   start = restored or 0
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -112,9 +115,10 @@ def evaluate_checkpoint(config, workdir: str):
   n = pipeline.num_eval_examples(config.data)
   h, w = config.data.eval_size or (64, 64)
   shapes = {"source_image": (1, h, w, 3), "source_label": (1, h, w), "target_image": (1, h, w, 3)}
-  states = steps.init_states(config, method, mesh, shapes)
+  has_checkpoint = init_from.is_run(workdir) or os.path.isdir(os.path.join(workdir, "best"))
+  states = steps.init_states(config, method, mesh, shapes, pretrained=not has_checkpoint)
   step = 0
-  if os.path.isdir(os.path.join(workdir, "checkpoints")) or os.path.isdir(os.path.join(workdir, "best")):
+  if has_checkpoint:
     ckpt = checkpoint.Checkpoints(workdir)
     states, step = ckpt.restore(states, config.eval.checkpoint)
     ckpt.close()

@@ -37,6 +37,7 @@ from uda_jax.data.sampling import EpochSampler
 from uda_jax.errors import UserError  # A ValueError whose message main.py prints without a traceback.
 
 CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # B, G, R; 0-255 range.
+VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # B, G, R: the Caffe VGG16 mean FADA's VGG configs subtract.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -45,16 +46,20 @@ class Normalization(str, enum.Enum):
   """How images are fed to the network; must match what the pretrained backbone was trained with."""
 
   CAFFE_BGR = "caffe_bgr"  # Caffe ResNet / VGG weights: BGR, 0-255, minus the mean.
+  VGG_BGR = "vgg_bgr"  # as CAFFE_BGR with the VGG16 mean (FADA's VGG16 configs).
   IMAGENET = "imagenet"  # torchvision weights: RGB / 255, minus mean, over std.
   UNIT = "unit"  # [0, 1] RGB.
+
+
+_BGR_MEANS = {Normalization.CAFFE_BGR: CAFFE_BGR_MEAN, Normalization.VGG_BGR: VGG_BGR_MEAN}
 
 
 def normalize(image: tf.Tensor, normalization: str | Normalization) -> tf.Tensor:
   """RGB image [..., 3] (uint8, or float in 0-255) -> float32 network input."""
   x = tf.cast(image, tf.float32)
   kind = Normalization(normalization)
-  if kind is Normalization.CAFFE_BGR:
-    return x[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
+  if kind in (Normalization.CAFFE_BGR, Normalization.VGG_BGR):
+    return x[..., ::-1] - tf.constant(_BGR_MEANS[kind], tf.float32)
   if kind is Normalization.IMAGENET:
     return (x / 255.0 - tf.constant(IMAGENET_MEAN, tf.float32)) / tf.constant(IMAGENET_STD, tf.float32)
   return x / 255.0
@@ -64,8 +69,8 @@ def denormalize_np(x: np.ndarray, normalization: str | Normalization) -> np.ndar
   """Inverse of `normalize` for visualisation: network input [..., 3] -> uint8 RGB."""
   x = np.asarray(x, np.float32)
   kind = Normalization(normalization)
-  if kind is Normalization.CAFFE_BGR:
-    rgb = (x + np.asarray(CAFFE_BGR_MEAN, np.float32))[..., ::-1]
+  if kind in (Normalization.CAFFE_BGR, Normalization.VGG_BGR):
+    rgb = (x + np.asarray(_BGR_MEANS[kind], np.float32))[..., ::-1]
   elif kind is Normalization.IMAGENET:
     rgb = (x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)) * 255.0
   else:

@@ -3,7 +3,7 @@ losses(params, states, batch, rng, config, axis_name) -> ({state name: loss}, {'
 
 import importlib
 
-METHODS = ("source_only", "adaptsegnet")
+METHODS = ("source_only", "adaptsegnet", "fada")
 
 
 def get(name: str):

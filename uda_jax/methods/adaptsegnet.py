@@ -31,12 +31,9 @@ def create_states(config, rng, shapes):
 
 
 def _disc_input_shape(config, seg, shapes):
-  """What D sees on a target batch: the class map at image size, or the features at their own size and width
-  (read off the segmenter, so any backbone's stride and channels fit: ResNet layer4 2048, VGG fc7 1024)."""
+  """What D sees on a target batch: the class map at image size, or the features at their own size and width."""
   if config.disc.input == "features":
-    variables = {"params": seg.params, "batch_stats": seg.batch_stats}
-    image = jax.ShapeDtypeStruct(shapes["target_image"], jnp.float32)
-    return jax.eval_shape(lambda x: seg.apply_fn(variables, x, train=False)["features"], image).shape
+    return common.feature_shape(seg, shapes["target_image"])
   n, h, w, _ = shapes["target_image"]
   return (n, h, w, config.model.num_classes)
 

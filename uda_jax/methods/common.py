@@ -36,8 +36,16 @@ def create_segmenter_state(config, rng, image_shape, axis_name=None):
   return state_lib.create(module, optim.segmenter_sgd(config.optim, variables["params"]), variables)
 
 
-def create_discriminator_state(config, rng, input_shape):
-  module = models.build_discriminator(config.disc)
+def feature_shape(seg_state, image_shape):
+  """Shape of the segmenter's 'features' for an image batch of `image_shape`: read off the model, so any
+  backbone's stride and width fit (ResNet layer4 2048, VGG fc7 1024)."""
+  variables = {"params": seg_state.params, "batch_stats": seg_state.batch_stats}
+  image = jax.ShapeDtypeStruct(image_shape, jnp.float32)
+  return jax.eval_shape(lambda x: seg_state.apply_fn(variables, x, train=False)["features"], image).shape
+
+
+def create_discriminator_state(config, rng, input_shape, classes_per_domain: int = 1):
+  module = models.build_discriminator(config.disc, classes_per_domain)
   out = jax.eval_shape(module.init_with_output, rng, jnp.zeros(input_shape, jnp.float32))[0]
   if 0 in out.shape:
     raise UserError(f"discriminator input {input_shape[1:3]} is too small for {len(config.disc.channels) + 1} "

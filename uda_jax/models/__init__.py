@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from uda_jax.errors import UserError
 
 from uda_jax.models.deeplab import DeepLabV2
-from uda_jax.models.discriminators import FCDiscriminator
+from uda_jax.models.discriminators import FCDiscriminator, PixelDiscriminator
 from uda_jax.models.vgg import DeepLabV2VGG16
 
 ARCHS = ("deeplabv2_resnet", "deeplabv2_vgg16")
@@ -28,5 +28,14 @@ def build_segmenter(model_cfg, axis_name=None):
                    bn=bn, dtype=jnp.dtype(model_cfg.dtype))
 
 
-def build_discriminator(disc_cfg):
-  return FCDiscriminator(tuple(disc_cfg.channels))
+DISCRIMINATORS = ("fc", "pixel")
+
+
+def build_discriminator(disc_cfg, classes_per_domain: int = 1):
+  """`config.disc`: 'fc' (AdaptSegNet, one logit per patch) or 'pixel' (FADA's fine-grained discriminator with
+  `classes_per_domain` channels per domain)."""
+  if disc_cfg.arch == "fc":
+    return FCDiscriminator(tuple(disc_cfg.channels))
+  if disc_cfg.arch == "pixel":
+    return PixelDiscriminator(classes_per_domain, disc_cfg.width)
+  raise UserError(f"disc.arch {disc_cfg.arch!r} is not known; choose one of {', '.join(DISCRIMINATORS)}")

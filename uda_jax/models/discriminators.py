@@ -1,14 +1,26 @@
-"""AdaptSegNet's fully-convolutional discriminator (Sec. 5): five 4x4 stride-2 convs, LeakyReLU 0.2, no norm.
+"""Discriminators, PyTorch default init as the official code leaves them.
 
-Fed the softmax of the upsampled segmentation logits (output space) or backbone features ("Ours (feature)");
-the official code does not upsample its output. PyTorch default init, as the official code leaves it.
+FCDiscriminator (AdaptSegNet Sec. 5): five 4x4 stride-2 convs, LeakyReLU 0.2, no norm; fed the softmax of the
+  upsampled segmentation logits (output space) or backbone features ("Ours (feature)"); the official code does
+  not upsample its output.
+PixelDiscriminator (FADA Sec. 3.2, `PixelDiscriminator(2048, ndf=256)`): the fine-grained discriminator, two
+  3x3 convs on the features, then a source head and a target head of `classes_per_domain` channels each,
+  concatenated (source first) and upsampled (align_corners=True) to `size`. classes_per_domain=1 is the
+  traditional binary domain discriminator.
 """
 
 from typing import Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from uda_jax.models.layers import Conv, leaky_relu, torch_kernel_init
+from uda_jax.ops import resize_bilinear
+
+
+def _conv(features, kernel, stride, padding, name):
+  return Conv(features, kernel, stride=stride, padding=padding, use_bias=True, kernel_init=torch_kernel_init,
+              name=name)
 
 
 class FCDiscriminator(nn.Module):
@@ -17,6 +29,18 @@ class FCDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x):
     for i, c in enumerate(self.channels):
-      x = leaky_relu(Conv(c, 4, stride=2, padding=1, use_bias=True, kernel_init=torch_kernel_init,
-                          name=f"conv{i + 1}")(x))
-    return Conv(1, 4, stride=2, padding=1, use_bias=True, kernel_init=torch_kernel_init, name="classifier")(x)
+      x = leaky_relu(_conv(c, 4, 2, 1, f"conv{i + 1}")(x))
+    return _conv(1, 4, 2, 1, "classifier")(x)
+
+
+class PixelDiscriminator(nn.Module):
+  classes_per_domain: int = 19
+  width: int = 256  # ndf; the second conv has width // 2
+
+  @nn.compact
+  def __call__(self, x, size=None):
+    x = leaky_relu(_conv(self.width, 3, 1, 1, "D_0")(x))
+    x = leaky_relu(_conv(self.width // 2, 3, 1, 1, "D_2")(x))
+    out = jnp.concatenate([_conv(self.classes_per_domain, 3, 1, 1, name)(x) for name in ("cls1", "cls2")], -1)
+    return out if size is None else resize_bilinear(out, tuple(size))
+

@@ -49,8 +49,11 @@ class BatchNorm(nn.Module):
     statistics while training and update the running statistics (momentum 0.1, unbiased variance);
     running statistics at evaluation.
   mode 'frozen': always the running statistics (FrozenBatchNorm; eps=0 reproduces FADA's variant).
-  `axis_name` pmeans the running-statistics update so replicas stay identical; the normalisation itself
-  uses per-device statistics, as in the 1-image-per-GPU official runs.
+  mode 'sync': torch SyncBatchNorm (FADA's self-distillation): batch statistics over the global batch, i.e.
+    over every device on `axis_name`; the scale/shift are trained when the optimizer is told so
+    (optim.train_bn).
+  `axis_name` pmeans the running-statistics update so replicas stay identical; in 'batch_stats' mode the
+  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs.
   """
 
   mode: str = "batch_stats"
@@ -60,22 +63,28 @@ class BatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    if self.mode not in ("batch_stats", "frozen"):
-      raise ValueError(f"model.bn_mode must be 'batch_stats' or 'frozen', got {self.mode!r}")
+    if self.mode not in ("batch_stats", "frozen", "sync"):
+      raise ValueError(f"model.bn_mode must be 'batch_stats', 'frozen' or 'sync', got {self.mode!r}")
     c = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (c,))
     bias = self.param("bias", nn.initializers.zeros, (c,))
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
     x32 = x.astype(jnp.float32)
-    if train and self.mode == "batch_stats":
+    sync = self.mode == "sync" and self.axis_name is not None and not self.is_initializing()
+    if train and self.mode in ("batch_stats", "sync"):
       mean = x32.mean((0, 1, 2))
-      var = jnp.square(x32 - mean).mean((0, 1, 2))
+      n = x.size // c
+      if sync:  # global mean and variance from per-device first and second moments
+        mean, sq = jax.lax.pmean((mean, jnp.square(x32).mean((0, 1, 2))), self.axis_name)
+        var = jnp.maximum(sq - jnp.square(mean), 0.0)
+        n *= jax.lax.psum(1, self.axis_name)
+      else:
+        var = jnp.square(x32 - mean).mean((0, 1, 2))
       if not self.is_initializing():
-        n = x.size // c
         new_mean = jax.lax.stop_gradient(mean)
-        new_var = jax.lax.stop_gradient(var) * n / max(n - 1, 1)
-        if self.axis_name is not None:
+        new_var = jax.lax.stop_gradient(var) * n / jnp.maximum(n - 1, 1)
+        if self.axis_name is not None and not sync:
           new_mean, new_var = jax.lax.pmean((new_mean, new_var), self.axis_name)
         ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * new_mean
         ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * new_var
