@@ -29,7 +29,7 @@ def benchmark(config, size, num_steps):
   batch = {"source_image": rng.normal(size=(b, *size, 3)).astype(np.float32),
            "source_label": rng.integers(0, config.model.num_classes, (b, *size)).astype(np.int32),
            "target_image": rng.normal(size=(b, *size, 3)).astype(np.float32)}
-  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()})
+  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
   step_fn = steps.make_train_step(method, config, mesh)
   gb = parallel.global_batch(batch, mesh)
   t0 = time.perf_counter()

@@ -105,6 +105,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.flip = False
   c.eval.num_images = 8  # colourised predictions of the first N eval images: workdir/predictions + TensorBoard
 
+  # --mode=predict (uda_jax/predict.py): label PNGs of eval.checkpoint (or init_from) at eval.scales / eval.flip,
+  # the input resized to data.eval_size, predictions at each image's native size.
+  c.predict = ml_collections.ConfigDict()
+  c.predict.dataset = ""  # TFDS dataset; '' = data.target (FADA: pseudo-labels of the target training split)
+  c.predict.split = ""  # '' = data.target_split
+  c.predict.input_dir = ""  # a folder of PNG / JPEG images instead of a dataset split
+  c.predict.output_dir = ""  # '' = WORKDIR/predict_<dataset>_<split> (or _<folder name>)
+  c.predict.confidence = False  # also write the winning class's probability as 16-bit PNGs
+
   c.train = ml_collections.ConfigDict()
   c.train.num_steps = 150_000
   c.train.log_every = 50

@@ -14,17 +14,20 @@ from uda_jax.parallel import AXIS
 
 
 def predict(forward: Callable, image, label_size: Sequence[int], scales: Sequence[float] = (1.0,),
-            flip: bool = False):
+            flip: bool = False, with_confidence: bool = False):
   """Train-id prediction [B, Hl, Wl] of `forward` (image -> logits) at the label resolution.
 
   Single scale: argmax of the logits upsampled (align_corners=True) to the label size, as every official
   evaluation does. Otherwise FADA's multi_scale_inference: for each scale s the input is resized
   (align_corners=True) to (int(H*s), int(W*s)); the softmax of the upsampled logits is summed over scales and,
   with `flip`, over the horizontally flipped input (its prediction flipped back).
+  with_confidence: returns (prediction, its softmax probability averaged over the scales and flips).
   """
   label_size = tuple(label_size)
   if tuple(scales) == (1.0,) and not flip:
-    return jnp.argmax(resize_bilinear(forward(image), label_size), axis=-1)
+    logits = resize_bilinear(forward(image), label_size)
+    pred = jnp.argmax(logits, axis=-1)
+    return (pred, jnp.max(jax.nn.softmax(logits, axis=-1), axis=-1)) if with_confidence else pred
   h, w = image.shape[1:3]
   total = 0.0
   for s in scales:
@@ -32,7 +35,8 @@ def predict(forward: Callable, image, label_size: Sequence[int], scales: Sequenc
     total += jax.nn.softmax(resize_bilinear(forward(x), label_size), axis=-1)
     if flip:  # align_corners resizing commutes with flipping, so flip the upsampled logits back
       total += jax.nn.softmax(resize_bilinear(forward(x[:, :, ::-1]), label_size)[:, :, ::-1], axis=-1)
-  return jnp.argmax(total, axis=-1)
+  pred = jnp.argmax(total, axis=-1)
+  return (pred, jnp.max(total, axis=-1) / (len(scales) * (2 if flip else 1))) if with_confidence else pred
 
 
 def confusion_matrix(pred, labels, mask, num_classes: int):

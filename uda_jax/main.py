@@ -1,19 +1,21 @@
-"""Entry point: python -m uda_jax.main --config configs/adaptsegnet.py[:preset] --workdir DIR [--mode eval]."""
+"""Entry point: python -m uda_jax.main --config configs/adaptsegnet.py[:preset] --workdir DIR [--mode eval|predict]."""
 
 import logging as std_logging
+import os
 import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from uda_jax import train
+from uda_jax import predict, train
 from uda_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/adaptsegnet.py:toy",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, summaries and result tables.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (resumes automatically) or eval.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                          "train (resumes automatically), eval, or predict (writes label PNGs; config.predict).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host: TPU "
                                   "pods and SLURM are auto-detected; else set JAX_COORDINATOR_ADDRESS, "
                                   "JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
@@ -54,11 +56,18 @@ def main(argv):
   try:
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    else:
+    elif _MODE.value == "eval":
       train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    else:
+      out = predict.run(_CONFIG.value, _WORKDIR.value,
+                        lambda c, w, mesh: train.restore_for_inference(c, w, mesh, "predict"))
+      print(f"predictions in {out}", flush=True)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # No interpreter teardown: an open tf.data iterator (numpy_function stages) can deadlock in its destructor
+    # at exit, and nothing of a run that failed on the user's input needs cleaning up.
+    os._exit(2)
 
 
 if __name__ == "__main__":

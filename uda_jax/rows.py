@@ -5,6 +5,11 @@ and overrides that may name another stage's output as `{stage}` (its workdir) or
 workdir is derived from its presets and mode only, so rows that share a stage (every FADA row of a table
 starts from the same source-only run) share its run. `python -m uda_jax.tools.tables` lists, runs and
 collects them.
+
+A predict or eval stage usually reads another stage's checkpoint in place: `workdir='{adv}'` runs its command
+with --workdir set to the adv stage's directory, while '{key}' of the stage itself still names its own
+directory (e.g. predict.output_dir='{pseudo}'). Without `workdir`, a non-train stage runs in the directory of
+the first other stage its overrides name, or else in its own.
 """
 
 import dataclasses
@@ -14,8 +19,9 @@ import dataclasses
 class Stage:
   key: str  # name other stages refer to: '{key}' in an override is replaced by this stage's workdir
   presets: str  # the config's presets, e.g. 'gta5,src'
-  mode: str = "train"  # train | predict
+  mode: str = "train"  # train | predict | eval
   overrides: tuple[tuple[str, str], ...] = ()  # (config field, value), values may hold '{key}'
+  workdir: str = ""  # '{key}': run in that stage's directory (predict / eval of its checkpoint); '' see above
 
   @property
   def slug(self) -> str:

@@ -49,6 +49,8 @@ def train_and_evaluate(config, workdir: str):
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   _class_set(config)
 
+  if config.init_from_required and not config.init_from and not init_from.is_run(workdir):
+    raise UserError(config.init_from_required)
   # Input first: a missing or unprepared dataset fails here, before anything is written to workdir.
   def local_batches(start):
     return pipeline.train_iterator(config.data, seed=config.seed, start_step=start,
@@ -57,8 +59,6 @@ def train_and_evaluate(config, workdir: str):
   it = local_batches(0)
   first = next(it)  # its shapes size the states; it is also step 0's batch of a fresh run
   pipeline.num_eval_examples(config.data)
-  if config.init_from_required and not config.init_from and not init_from.is_run(workdir):
-    raise UserError(config.init_from_required)  # before anything is written to workdir
   ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
   resuming = ckpt.latest_step() is not None
   states = steps.init_states(config, method, mesh, {k: v.shape for k, v in first.items()}, pretrained=not resuming)
@@ -108,29 +108,34 @@ def train_and_evaluate(config, workdir: str):
 
 def evaluate_checkpoint(config, workdir: str):
   """--mode=eval: evaluates the best (or latest) checkpoint in workdir, or the `init_from` weights."""
-  method = methods.get(config.method)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   _class_set(config)
   n = pipeline.num_eval_examples(config.data)
-  h, w = config.data.eval_size or (64, 64)
-  shapes = {"source_image": (1, h, w, 3), "source_label": (1, h, w), "target_image": (1, h, w, 3)}
-  has_checkpoint = init_from.is_run(workdir) or os.path.isdir(os.path.join(workdir, "best"))
-  states = steps.init_states(config, method, mesh, shapes, pretrained=not has_checkpoint)
-  step = 0
-  if has_checkpoint:
-    ckpt = checkpoint.Checkpoints(workdir)
-    states, step = ckpt.restore(states, config.eval.checkpoint)
-    ckpt.close()
-    if step is None:
-      raise UserError(f"no {config.eval.checkpoint} checkpoint in {workdir}")
-  elif not config.init_from:
-    raise UserError(f"nothing to evaluate: {workdir} holds no checkpoint and config.init_from is empty")
+  states, step = restore_for_inference(config, workdir, mesh, "evaluate")
   t0 = time.time()
   summary, samples = run_eval(config, states["seg"], steps.make_eval_step(config, mesh), mesh)
   logging.info("evaluated %d images in %.1f s", n, time.time() - t0)
   report(config, workdir, summary, samples, step, f"eval_{config.eval.checkpoint}_step{step}")
   return summary
+
+
+def restore_for_inference(config, workdir: str, mesh, what: str):
+  """(states, step) of eval.checkpoint (best | latest) in workdir, or the init_from weights (step 0)."""
+  h, w = config.data.eval_size or (64, 64)
+  shapes = {"source_image": (1, h, w, 3), "source_label": (1, h, w), "target_image": (1, h, w, 3)}
+  has_checkpoint = init_from.is_run(workdir) or os.path.isdir(os.path.join(workdir, "best"))
+  if not has_checkpoint and not config.init_from:
+    raise UserError(f"nothing to {what}: {workdir} holds no checkpoint and config.init_from is empty")
+  states = steps.init_states(config, methods.get(config.method), mesh, shapes, pretrained=not has_checkpoint)
+  if not has_checkpoint:
+    return states, 0
+  ckpt = checkpoint.Checkpoints(workdir)
+  states, step = ckpt.restore(states, config.eval.checkpoint)
+  ckpt.close()
+  if step is None:
+    raise UserError(f"no {config.eval.checkpoint} checkpoint in {workdir} (--config.eval.checkpoint=best|latest)")
+  return states, step
 
 
 def _write_eval(config, workdir, writer, step, summary, samples):

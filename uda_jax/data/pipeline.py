@@ -92,6 +92,7 @@ def train_iterator(
   slice of the global batch.
   """
   local = _local_batch(data_cfg.batch_size, process_index, process_count, "batch_size")
+  _check_pseudo_labels(data_cfg)
   label_map = _cfg(data_cfg, "source_label_map", "cityscapes_ids_to_19")
   kwargs = dict(seed=seed, start_step=start_step, process_index=process_index, local=local)
   source, source_errors = _train_stream(data_cfg, "source", label_map=label_map, **kwargs)
@@ -124,6 +125,22 @@ def _train_stream(data_cfg, role, *, seed, start_step, process_index, local, lab
   records = _records(split, tf.data.Dataset.counter(start_step), lambda step: sampler(positions(step)), local,
                      seeds_of=seeds)
   return records.map(decode, **_PARALLEL).batch(local), decode.errors
+
+
+def _check_pseudo_labels(data_cfg) -> None:
+  """A source of predicted labels (FADA self-distillation) must have been predicted on the target split."""
+  from uda_jax import predict  # pylint: disable=g-import-not-at-top
+  manifest = predict.read_manifest(data_cfg.source) if data_cfg.source else None
+  if manifest is None or manifest.get("folder"):
+    return
+  made_on, target = f"{manifest['dataset']}:{manifest['split']}", f"{data_cfg.target}:{_cfg(data_cfg, 'target_split', 'train')}"
+  if made_on != target:
+    raise UserError(f"the pseudo-labels in {data_cfg.source} were predicted on {made_on}, but data.target is {target}: "
+                    "predict on the target split (--mode=predict) or set data.target to match.")
+  n = len(_open(data_cfg, data_cfg.target, _cfg(data_cfg, "target_split", "train")).records)
+  if manifest["num_examples"] != n:
+    raise UserError(f"{data_cfg.source} holds {manifest['num_examples']} pseudo-labels but {target} has {n} images: "
+                    "the target split changed since they were predicted; predict again (--mode=predict).")
 
 
 def _stream_key(seed: int, role: str) -> int:
@@ -184,6 +201,11 @@ class _Split:
   records: Sequence[bytes]  # Random access to serialized tf.train.Examples.
   features: tfds.features.FeaturesDict
   data_dir: str  # Where the prepared files are (derived data like class presence is cached there too).
+
+
+def open_split(data_cfg, name: str, split: str) -> _Split:
+  """A prepared split for random access (records, features); prepares generated datasets if allowed."""
+  return _open(data_cfg, name, split)
 
 
 def _open(data_cfg, name: str, split: str) -> _Split:

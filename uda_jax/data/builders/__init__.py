@@ -39,6 +39,16 @@ def _register_builders() -> None:
 
 def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """The builder of `name` ('dataset[/config][:version]', tfds syntax) reading from data_dir (None: default)."""
+  if not name:
+    raise UserError("A dataset name is empty: set data.source / data.target / data.eval (FADA's :sd stage reads "
+                    "the pseudo-labels that --mode=predict writes: --config.data.source=THAT_OUTPUT_DIR).")
+  if tf.io.gfile.exists(os.path.join(name, "manifest.json")):  # a --mode=predict output directory
+    from uda_jax import predict  # pylint: disable=g-import-not-at-top
+    path = predict.tfds_dir(name)
+    if path is None:
+      raise UserError(f"{name} holds predictions of a folder of images, which have no dataset to train on; "
+                      "predict on a dataset split (predict.dataset / predict.split) instead.")
+    return tfds.builder_from_directory(path)
   _register_builders()
   try:
     return tfds.builder(name, data_dir=data_dir or None)
