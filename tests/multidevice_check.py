@@ -42,6 +42,7 @@ def main():
   c.model.width = 8
   c.disc.channels = (8, 8, 8, 8)
   c.model.bn_mode = sys.argv[1] if len(sys.argv) > 1 else "frozen"
+  c.optim.train_bn = c.model.bn_mode == "sync"  # FADA self-distillation: SyncBN with trained scale / shift
   batch = random_batch(batch=4)
   one, m1 = run(jax.devices()[:1], c, batch)
   four, m4 = run(jax.devices(), c, batch)
@@ -55,6 +56,15 @@ def main():
     print(f"state {name} max_abs_diff {diffs[worst]:.3e} scale {scale:.3e} at {worst.replace(' ', '')}")
   for k in m1:
     print(f"metric {k} {float(m1[k]):.6f} {float(m4[k]):.6f}")
+  if c.model.bn_mode != "frozen":  # BatchNorm statistics and (sync) affine parameters actually moved
+    moved = lambda tree, init: max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                                   for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(init)))
+    _, _, fresh = init(c, batch, parallel.make_mesh(jax.devices()[:1]))
+    fresh = jax.device_get(fresh["seg"])
+    print(f"moved stats {moved(one['seg'].batch_stats, fresh.batch_stats):.3e} "
+          f"bn_affine {moved(one['seg'].params['backbone']['bn1'], fresh.params['backbone']['bn1']):.3e}")
+  if len(sys.argv) > 2 and sys.argv[2] == "no_eval":
+    return
 
   # Evaluation: two batches of 4, the second padded (mask) to 3 examples; multi-scale + flip.
   c.eval.scales, c.eval.flip = (0.75, 1.0), True

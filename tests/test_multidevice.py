@@ -9,8 +9,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _run(bn_mode):
-  out = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), bn_mode], capture_output=True,
+def _run(bn_mode, *args):
+  out = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), bn_mode, *args], capture_output=True,
                        text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]
   return [line.split() for line in out.stdout.splitlines()]
@@ -28,3 +28,15 @@ def test_four_devices_equal_one_device_with_frozen_batchnorm():
   (_, _, cm_equal, _, preds_equal, _, pixels), = [r for r in rows if r[0] == "eval"]
   assert cm_equal == preds_equal == "True"
   assert 0 < int(pixels) < 7 * 48 * 96  # the padded example and the ignored ids (19) dropped out
+
+
+def test_synchronised_batchnorm_on_four_devices_equals_one_device():
+  """SyncBatchNorm (FADA self-distillation): statistics of the global batch, trained scale / shift; 4 devices
+  normalise 1 image each with the statistics of all 4, exactly as 1 device normalises the batch of 4."""
+  rows = _run("sync", "no_eval")
+  for _, name, _, diff, _, scale, _, where in (r for r in rows if r[0] == "state"):
+    assert float(diff) <= 2e-5 * max(float(scale), 1.0), (name, diff, where)
+  for _, name, a, b in (r for r in rows if r[0] == "metric"):
+    assert float(a) == pytest.approx(float(b), rel=1e-4, abs=1e-6), name
+  (_, _, stats, _, affine), = [r for r in rows if r[0] == "moved"]
+  assert float(stats) > 0 and float(affine) > 0
