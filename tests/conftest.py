@@ -11,6 +11,8 @@ sys.path.insert(0, os.path.join(ROOT, "configs"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "uda_jax_test_jit_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from uda_jax import xla_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+xla_flags.apply()  # the suite's in-process steps run with the same XLA:CPU flags as the trainer
 
 
 @pytest.fixture

@@ -135,3 +135,14 @@ def test_presets_chain_the_three_stages():
   assert fada_config.get_config("clip_0.7").loss.confidence == 0.7
   with pytest.raises(ValueError, match="name one stage"):
     fada_config.get_config("src,adv")
+
+
+def test_benchmark_times_the_adversarial_step_with_different_domain_sizes():
+  from uda_jax import bench  # pylint: disable=g-import-not-at-top
+  c = fada_config.get_config("toy")  # init_from_required is ignored: the benchmark needs no weights
+  c.model.width, c.disc.width, c.data.batch_size = 8, 16, 1
+  r = bench.benchmark(c, (32, 64), 1, (40, 72))
+  assert r["method"] == "fada" and r["size"] == "32x64 + 40x72" and r["batch"] == "1+1"
+  assert r["step_s"] > 0 and r["gflops_per_step"] > 0
+  assert bench.benchmark(c, (32, 64), 0).keys() == {"devices", "method", "size", "batch", "compile_s",
+                                                    "gflops_per_step"}

@@ -49,6 +49,34 @@ def resnet_multi_keys(num_classes=19, blocks=BLOCKS, counter=False):
   return ok.aspp_keys(ok.aspp_keys(s, "layer5", 1024, num_classes), "layer6", 2048, num_classes)
 
 
+def pixel_d_keys(shapes, prefix, cin, ndf=256, num_classes=19):
+  """FADA core/models/discriminator.py PixelDiscriminator(cin, ndf, num_classes) keys."""
+  for name, o, i in (("D.0", ndf, cin), ("D.2", ndf // 2, ndf), ("cls1", num_classes, ndf // 2),
+                     ("cls2", num_classes, ndf // 2)):
+    shapes[f"{prefix}.{name}.weight"], shapes[f"{prefix}.{name}.bias"] = (o, i, 3, 3), (o,)
+  return shapes
+
+
+D_PATHS = {"D.0.weight": "D_0/conv/kernel", "D.0.bias": "D_0/conv/bias", "D.2.weight": "D_2/conv/kernel",
+           "D.2.bias": "D_2/conv/bias", "cls1.weight": "cls1/conv/kernel", "cls1.bias": "cls1/conv/bias",
+           "cls2.weight": "cls2/conv/kernel", "cls2.bias": "cls2/conv/bias"}
+
+
+def fada_checkpoint(torch, sd, model_d=None):
+  """An official FADA checkpoint as train_src.py / train_adv.py save it (DDP `module.` prefixes)."""
+  t = lambda a: torch.from_numpy(a)
+  fe = lambda k: k.removeprefix("feature_extractor.") if k.startswith("feature_extractor.") else f"backbone.{k}"
+  ckpt = {"iteration": 20000,
+          "feature_extractor": {f"module.{fe(k)}": t(a) for k, a in sd.items() if not k.startswith("classifier")},
+          "classifier": {f"module.{k.removeprefix('classifier.')}": t(a) for k, a in sd.items()
+                         if k.startswith("classifier")},
+          "optimizer_fea": {"state": {}, "param_groups": [{"lr": 0.1}]}}
+  if model_d is not None:
+    ckpt["model_D"] = {f"module.{k.removeprefix('model_D.')}": t(a) for k, a in model_d.items()}
+    ckpt["optimizer_D"] = {"state": {}, "param_groups": [{"lr": 1e-4}]}
+  return ckpt
+
+
 # ---- key coverage of the full official key sets (shapes only) ----
 
 def test_full_resnet101_key_sets_map_completely():
@@ -69,13 +97,65 @@ def test_full_resnet101_key_sets_map_completely():
   _, rep = it.plan_import("deeplabv2_resnet101_tv", ok.resnet_keys(fc=True))
   assert rep.unused == [] and set(rep.unused_by_design) == {"fc.weight", "fc.bias"}
   assert {p.split("/")[1] for p in rep.missing} == {"layer6"} and len(rep.missing) == 8
-  # FADA: feature_extractor (DDP `module.`) + classifier (4 branches) + model_D.
+  # FADA: feature_extractor (DDP `module.`) + classifier (4 branches) + model_D (FADA's d_main state).
   shapes = {f"feature_extractor.module.backbone.{k}": v for k, v in ok.resnet_keys().items()}
   ok.aspp_keys(shapes, "classifier.module", 2048, 19)
-  shapes["model_D.module.conv1.weight"] = (256, 2048, 3, 3)
-  _, rep = it.plan_import("deeplabv2_resnet101_tv", shapes)
-  assert (rep.unused, rep.missing, rep.source) == ([], [], "fada")
-  assert list(rep.unused_by_design) == ["model_D.module.conv1.weight"]
+  pixel_d_keys(shapes, "model_D.module", 2048)
+  plan, rep = it.plan_import("deeplabv2_resnet101_tv", shapes)
+  assert (rep.unused, rep.missing, rep.unused_by_design, rep.source) == ([], [], {}, "fada")
+  assert len(rep.mapped) == len(ok.resnet_keys()) + 8 + 8
+  for k, p in D_PATHS.items():
+    assert rep.mapped[f"model_D.module.{k}"] == f"discriminators/d_main/{p}"
+  assert plan["model_D.module.D.2.weight"].kind == "conv"
+  assert "width (disc.width) 256, 19 classes per domain" in rep.discriminators["d_main"]
+  assert "d_main: FADA PixelDiscriminator, in 2048" in rep.format()
+  # An FCDiscriminator-style model_D has no place: unused (strict fails), not silently dropped.
+  _, rep = it.plan_import("deeplabv2_resnet101_tv", {"model_D.conv1.weight": (64, 2048, 4, 4)})
+  assert rep.unused == ["model_D.conv1.weight"] and rep.discriminators == {}
+
+
+def test_full_fada_vgg16_key_set_maps_with_discriminator():
+  shapes = {f"feature_extractor.module.backbone.{k.removeprefix('features.')}": v
+            for k, v in ok.deeplab_vgg16_keys().items() if k.startswith("features.")}
+  ok.aspp_keys(shapes, "classifier.module", 1024, 19)
+  pixel_d_keys(shapes, "model_D.module", 1024)
+  _, rep = it.plan_import("deeplabv2_vgg16", shapes)
+  assert (rep.unused, rep.missing, rep.source) == ([], [], "fada_vgg16")
+  assert set(rep.unused_by_design) == {f"classifier.module.conv2d_list.{b}.{l}" for b in (2, 3)
+                                       for l in ("weight", "bias")}
+  assert rep.mapped["feature_extractor.module.backbone.31.weight"] == "params/fc7/conv/kernel"
+  assert rep.mapped["model_D.module.cls2.bias"] == "discriminators/d_main/cls2/conv/bias"
+  assert "in 1024, width (disc.width) 256" in rep.discriminators["d_main"]
+
+
+def test_fada_discriminator_checked_for_consistency():
+  def plan(d, num_classes=19, **kw):
+    return it.plan_import("deeplabv2_resnet101_tv", d, num_classes, blocks=BLOCKS, **kw)
+
+  good = pixel_d_keys({}, "model_D", 2048, ndf=16)
+  _, rep = plan(good)
+  assert len(rep.mapped) == 8 and set(rep.discriminators) == {"d_main"}
+  _, rep = plan(pixel_d_keys({}, "model_D", 2048, ndf=16, num_classes=1))  # binary domain discriminator
+  assert "1 classes per domain" in rep.discriminators["d_main"]
+  bad = {**good, "model_D.D.2.weight": (8, 12, 3, 3)}  # in != D.0's out
+  with pytest.raises(ValueError, match=r"'model_D.D.2.weight' has shape \(8, 12, 3, 3\), expected \(8, 16, 3, 3\)"):
+    plan(bad)
+  bad = {**good, "model_D.cls1.weight": (19, 16, 3, 3)}  # in != D.2's out
+  with pytest.raises(ValueError, match=r"'model_D.cls1.weight'.*expected \(19, 8, 3, 3\)"):
+    plan(bad)
+  with pytest.raises(ValueError, match=r"'model_D.cls1.weight'.*expected \(16, 8, 3, 3\).*--num-classes"):
+    plan(good, num_classes=16)  # cls heads of 19 classes
+  bad = {**good, "model_D.cls2.bias": (18,)}
+  with pytest.raises(ValueError, match=r"'model_D.cls2.bias' has shape \(18,\), expected \(19,\)"):
+    plan(bad)
+  bad = {**good, "model_D.D.0.weight": (16, 2048, 1, 1)}
+  with pytest.raises(ValueError, match=r"'model_D.D.0.weight' has shape \(16, 2048, 1, 1\), expected \(ndf, in, 3"):
+    plan(bad)
+  partial = {k: v for k, v in good.items() if not k.startswith("model_D.cls2")}
+  with pytest.raises(ValueError, match="incomplete.*cls2/conv/kernel, cls2/conv/bias.*--skip model_D"):
+    plan(partial)
+  _, rep = plan(partial, skip=["model_D"])  # left out on request: the segmenter alone
+  assert rep.discriminators == {} and len(rep.unused_by_design) == 6
 
 
 def test_full_vgg_and_fcn_key_sets_map_completely():
@@ -231,17 +311,11 @@ def test_resnet_tv_fada_parity_from_pth(tr, tmp_path):
   """FADA checkpoint file: nested dict, DDP prefixes, frozen BN without eps, all 4 ASPP branches."""
   torch = tr.torch
   sd = ok.randomize(ok.aspp_keys(ok.resnet_keys(BLOCKS), "classifier", 2048, 19), seed=3)
-  ckpt = {"iteration": 20000,
-          "feature_extractor": {f"module.backbone.{k}": torch.from_numpy(a) for k, a in sd.items()
-                                if not k.startswith("classifier")},
-          "classifier": {f"module.{k.removeprefix('classifier.')}": torch.from_numpy(a) for k, a in sd.items()
-                         if k.startswith("classifier")},
-          "model_D": {"module.conv1.weight": torch.zeros(256, 2048, 3, 3)},
-          "optimizer_fea": {"state": {}, "param_groups": [{"lr": 0.1}]}}
-  torch.save(ckpt, tmp_path / "model_iter020000.pth")
+  torch.save(fada_checkpoint(torch, sd), tmp_path / "model_iter020000.pth")
   v, rep = it.import_file("deeplabv2_resnet101_tv", str(tmp_path / "model_iter020000.pth"), blocks=BLOCKS)
   assert rep.unused == [] and rep.missing == [] and rep.source == "fada"
   assert set(rep.ignored) == {"iteration", "optimizer_fea"}
+  assert "discriminators" not in v and rep.discriminators == {}  # no model_D in the file
   x = image()
   out = it.make_model("deeplabv2_resnet101_tv", blocks=BLOCKS).apply(v, jnp.asarray(x))
   t = tr.tensors(sd)
@@ -298,3 +372,63 @@ def test_fcn8s_from_vgg16_reshapes_fc_and_inits_bilinear(tr):
   assert np.count_nonzero(k) == 16 * 16 * 19
   w = torch.from_numpy(k.transpose(2, 3, 0, 1).copy())
   assert rel_err(ours, torch.nn.functional.conv_transpose2d(nchw(tr, x), w, None, 8)) < TOL
+
+
+def _d_reference(torch, d, x, size):
+  """FADA PixelDiscriminator.forward (core/models/discriminator.py) on a raw state_dict, NCHW."""
+  F = torch.nn.functional
+  conv = lambda h, n: F.conv2d(h, d[f"{n}.weight"], d[f"{n}.bias"], padding=1)
+  h = F.leaky_relu(conv(F.leaky_relu(conv(x, "D.0"), 0.2), "D.2"), 0.2)
+  out = torch.cat((conv(h, "cls1"), conv(h, "cls2")), dim=1)
+  return F.interpolate(out, size=size, mode="bilinear", align_corners=True)
+
+
+@pytest.mark.parametrize("arch", ["deeplabv2_resnet101_tv", "deeplabv2_vgg16"])
+def test_fada_pth_imports_discriminator_as_d_main(tr, tmp_path, capsys, arch):
+  """model_D of a FADA .pth -> discriminators/d_main: OIHW -> HWIO, same forward as FADA's, written by the CLI."""
+  from uda_jax.models.discriminators import PixelDiscriminator  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  torch, cin, ndf, k = tr.torch, (2048 if arch.endswith("_tv") else 1024), 16, 5
+  if arch.endswith("_tv"):
+    sd = ok.aspp_keys(ok.resnet_keys(BLOCKS), "classifier", 2048, k)
+  else:
+    sd = {f"feature_extractor.backbone.{n.removeprefix('features.')}": v
+          for n, v in ok.deeplab_vgg16_keys(k).items() if n.startswith("features.") and int(n.split(".")[1]) < 5}
+  sd = ok.randomize(sd, seed=8)
+  d = ok.randomize(pixel_d_keys({}, "model_D", cin, ndf, k), seed=9)
+  path = tmp_path / "model_iter040000.pth"
+  torch.save(fada_checkpoint(torch, sd, d), path)
+  kw = dict(blocks=BLOCKS) if arch.endswith("_tv") else {}
+  v, rep = it.import_file(arch, str(path), k, **kw)
+  assert rep.unused == [] and rep.source.startswith("fada")
+  assert set(rep.ignored) == {"iteration", "optimizer_fea", "optimizer_D"}
+  assert not any(n.startswith("model_D") for n in rep.unused_by_design)
+  got = v["discriminators"]["d_main"]
+  for name, p in D_PATHS.items():
+    mod, _, leaf = p.split("/")
+    want = d[f"model_D.{name}"].transpose(2, 3, 1, 0) if leaf == "kernel" else d[f"model_D.{name}"]
+    np.testing.assert_array_equal(got[mod]["conv"][leaf], want, err_msg=name)
+    assert rep.mapped[f"model_D.module.{name}"] == f"discriminators/d_main/{p}"
+
+  x = np.random.default_rng(3).standard_normal((1, 5, 7, cin)).astype(np.float32)
+  ours = PixelDiscriminator(classes_per_domain=k, width=ndf).apply({"params": got}, jnp.asarray(x), (9, 13))
+  with torch.no_grad():
+    ref = _d_reference(torch, tr.tensors({n.removeprefix("model_D."): a for n, a in d.items()}), nchw(tr, x),
+                       (9, 13))
+  assert rel_err(ours, ref) < TOL
+
+  out = tmp_path / "imported"
+  cli = ["--arch", arch, "--input", str(path), "--output", str(out), "--num-classes", str(k)]
+  assert it.main(cli) == 0
+  printed = capsys.readouterr().out
+  assert "discriminators imported" in printed and "d_main: FADA PixelDiscriminator" in printed
+  restored = ocp.StandardCheckpointer().restore(str(out))
+  for mod in ("D_0", "D_2", "cls1", "cls2"):
+    for leaf in ("kernel", "bias"):
+      np.testing.assert_array_equal(restored["discriminators"]["d_main"][mod]["conv"][leaf], got[mod]["conv"][leaf])
+  some = next(iter(rep.mapped.values())).split("/")
+  assert some[0] == "params" and some[1] in restored["params"]  # the segmenter too
+  # Without model_D: the directory has no discriminators entry.
+  torch.save(fada_checkpoint(torch, sd), path)
+  assert it.main(cli + ["--force"]) == 0
+  assert "discriminators" not in ocp.StandardCheckpointer().restore(str(out))

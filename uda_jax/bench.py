@@ -1,11 +1,14 @@
 """Training-step benchmark: prints steady-state step time, images/s and XLA-counted FLOPs per step.
 
   python -m uda_jax.bench --config configs/adaptsegnet.py --size 256,512 --steps 5
+  python -m uda_jax.bench --config configs/fada.py --size 720,1280 --target_size 512,1024 --steps 0
 
-Runs the real jitted, data-parallel step of `config.method` on random inputs of the given size (source and
-target alike), so it needs no dataset. Global batch: config.data.batch_size source + as many target images.
+Runs the real jitted, data-parallel step of `config.method` on random inputs of the given sizes, so it needs no
+dataset. Global batch: config.data.batch_size source + as many target images (--config.data.batch_size=1 for
+1+1). --steps 0 compiles only and reports the XLA-counted FLOPs (sizes too large to run on this machine).
 """
 
+import os
 import time
 
 import jax
@@ -14,21 +17,22 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from uda_jax import methods, parallel, steps
+from uda_jax import methods, parallel, steps, xla_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:presets].", lock_config=True)
-_SIZE = flags.DEFINE_string("size", "256,512", "H,W of source and target images.")
+_SIZE = flags.DEFINE_string("size", "256,512", "H,W of the source (and, by default, target) images.")
+_TARGET_SIZE = flags.DEFINE_string("target_size", "", "H,W of the target images if they differ.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
 
 
-def benchmark(config, size, num_steps):
+def benchmark(config, size, num_steps, target_size=None):
   method = methods.get(config.method)
   mesh = parallel.make_mesh()
   b = config.data.batch_size
   rng = np.random.default_rng(0)
   batch = {"source_image": rng.normal(size=(b, *size, 3)).astype(np.float32),
            "source_label": rng.integers(0, config.model.num_classes, (b, *size)).astype(np.int32),
-           "target_image": rng.normal(size=(b, *size, 3)).astype(np.float32)}
+           "target_image": rng.normal(size=(b, *(target_size or size), 3)).astype(np.float32)}
   states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
   step_fn = steps.make_train_step(method, config, mesh)
   gb = parallel.global_batch(batch, mesh)
@@ -38,6 +42,11 @@ def benchmark(config, size, num_steps):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  info = {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "method": config.method,
+          "size": f"{size[0]}x{size[1]}" + (f" + {target_size[0]}x{target_size[1]}" if target_size else ""),
+          "batch": f"{b}+{b}", "compile_s": compile_s, "gflops_per_step": flops / 1e9}
+  if num_steps == 0:
+    return info
   states, m = compiled(states, gb, jnp.int32(0))
   jax.block_until_ready(m)
   times = []
@@ -47,16 +56,15 @@ def benchmark(config, size, num_steps):
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  return {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "method": config.method,
-          "size": f"{size[0]}x{size[1]}", "batch": f"{b}+{b}", "compile_s": compile_s, "step_s": step_s,
-          "images_per_s": 2 * b / step_s, "gflops_per_step": flops / 1e9,
-          "achieved_gflops_per_s": flops / 1e9 / step_s}
+  return {**info, "xla_flags": os.environ.get("XLA_FLAGS", ""), "step_s": step_s, "images_per_s": 2 * b / step_s, "achieved_gflops_per_s": flops / 1e9 / step_s}
 
 
 def main(argv):
   del argv
+  xla_flags.apply(xla_flags.ENABLED.value)  # before the first device is touched
   size = tuple(int(s) for s in _SIZE.value.split(","))
-  r = benchmark(_CONFIG.value, size, _STEPS.value)
+  target = tuple(int(s) for s in _TARGET_SIZE.value.split(",")) if _TARGET_SIZE.value else None
+  r = benchmark(_CONFIG.value, size, _STEPS.value, target)
   for k, v in r.items():
     print(f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}")
 

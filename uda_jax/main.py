@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from uda_jax import predict, train
+from uda_jax import predict, train, xla_flags
 from uda_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/adaptsegnet.py:toy",
@@ -47,12 +47,13 @@ def _parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  xla_flags.apply(xla_flags.ENABLED.value)  # before JAX starts a backend
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.parse_flags_with_absl()
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
   logging.get_absl_logger().addFilter(_quiet_orbax)
-  logging.info("devices: %s", jax.devices())
+  logging.info("devices: %s; XLA_FLAGS=%r", jax.devices(), os.environ.get("XLA_FLAGS", ""))
   try:
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -19,7 +19,12 @@ def torch_bias_init(fan_in: int):
 
 
 class Conv(nn.Module):
-  """nn.Conv with PyTorch-style (kernel, stride, padding, dilation) and optional torch-default bias init."""
+  """nn.Conv with PyTorch-style (kernel, stride, padding, dilation) and optional torch-default bias init.
+
+  An unpadded 1x1 conv runs as a strided slice and a matrix multiply (`Dense1x1`, same parameters): XLA:CPU
+  emits its weight gradient as a whole-image convolution with one input feature, ~18x slower than the matmul
+  (issue 13); on accelerators both lower to the same GEMM.
+  """
 
   features: int
   kernel: int
@@ -34,12 +39,36 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     fan_in = x.shape[-1] * self.kernel * self.kernel
+    bias_init = self.bias_init or torch_bias_init(fan_in)
+    if self.kernel == 1 and self.padding == 0:
+      return Dense1x1(self.features, self.stride, self.use_bias, self.kernel_init, bias_init, self.dtype,
+                      name="conv")(x)
     return nn.Conv(
         self.features, (self.kernel, self.kernel), (self.stride, self.stride),
         padding=((self.padding, self.padding), (self.padding, self.padding)),
         kernel_dilation=(self.dilation, self.dilation), use_bias=self.use_bias,
-        kernel_init=self.kernel_init, bias_init=self.bias_init or torch_bias_init(fan_in),
-        dtype=self.dtype, name="conv")(x)
+        kernel_init=self.kernel_init, bias_init=bias_init, dtype=self.dtype, name="conv")(x)
+
+
+class Dense1x1(nn.Module):
+  """A 1x1 convolution (stride s, no padding) as x[:, ::s, ::s] @ W, with nn.Conv's parameter names, shapes
+  ((1, 1, in, out) kernel, bias) and initialisation order, so checkpoints and imported weights are unchanged."""
+
+  features: int
+  stride: int
+  use_bias: bool
+  kernel_init: Any
+  bias_init: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features))
+    bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
+    if self.stride > 1:
+      x = x[:, :: self.stride, :: self.stride]
+    y = jnp.einsum("nhwc,cd->nhwd", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    return y + bias.astype(self.dtype) if bias is not None else y
 
 
 class BatchNorm(nn.Module):

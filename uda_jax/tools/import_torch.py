@@ -3,8 +3,10 @@
   python -m uda_jax.tools.import_torch --arch deeplabv2_resnet101 \
       --input DeepLab_resnet_pretrained_init-f81d91e8.pth --output ckpt/deeplab_init
 
-The output directory holds {'params', 'batch_stats'} of the segmenter (only what the file provides); the
-trainer merges it into its fresh variables with `config.init_from` (`uda_jax.tools.init_from.load_init`).
+The output directory holds {'params', 'batch_stats'} of the segmenter (only what the file provides), and for a
+FADA checkpoint with its discriminator (model_D) also {'discriminators': {'d_main': params}}; the trainer
+merges it into its fresh states with `config.init_from` (`uda_jax.tools.init_from.load_states`: the
+discriminator only where FADA's d_main state has the same shapes, i.e. disc.width = the file's ndf).
 Archs: see ARCHS. Inputs: `.pth`/`.pt` (needs torch) or `.npz` (name -> array, no torch needed).
 """
 
@@ -69,11 +71,17 @@ class ImportReport:
   ignored: list[str] = dataclasses.field(default_factory=list)  # bookkeeping (num_batches_tracked, non-tensors)
   missing: list[str] = dataclasses.field(default_factory=list)  # variable paths absent from the file
   notes: list[str] = dataclasses.field(default_factory=list)
+  # train state name -> what was imported for it besides the segmenter (FADA's model_D -> 'd_main')
+  discriminators: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def format(self) -> str:
     lines = [f"arch {self.arch}, file looks like: {self.source}",
              f"  mapped {len(self.mapped)} keys, ignored {len(self.ignored)} bookkeeping entries"]
     lines += [f"  NOTE: {n}" for n in self.notes]
+    if self.discriminators:
+      lines += [f"  discriminators imported, init_from restores each into the train state of that name when the "
+                f"shapes match ({len(self.discriminators)}):"]
+      lines += [f"    {name}: {what}" for name, what in self.discriminators.items()]
     lines += [f"  unused by design ({len(self.unused_by_design)}):"]
     lines += [f"    {k}: {why}" for k, why in self.unused_by_design.items()]
     lines += [f"  unused ({len(self.unused)}):"] + [f"    {k}" for k in self.unused]
@@ -119,7 +127,7 @@ def _plan(arch, shapes, num_classes, skip, model_kwargs):
   source = torch_keys.DETECT[arch](list(names.values()))
   ctx = Ctx(source, num_classes, getattr(model, "aspp_branches", None), getattr(model, "multi_level", False))
   report = ImportReport(arch, source, notes=torch_keys.layout_notes(arch, list(names.values())))
-  plan, taken = {}, {}
+  plan, taken, disc = {}, {}, {}
   for key, name in names.items():
     if any(name == s or name.startswith(s.rstrip(".") + ".") for s in skip):
       report.unused_by_design[key] = "skipped on request"
@@ -134,6 +142,9 @@ def _plan(arch, shapes, num_classes, skip, model_kwargs):
     if r is None:
       report.unused.append(key)
       continue
+    if r.path[0] == torch_keys.DISCRIMINATORS:  # no model to compare with: checked as a whole below
+      disc.setdefault(r.path[1], {})[key] = r
+      continue
     want = torch_shape(r.kind, targets[r.path].shape)
     if tuple(shapes[key]) != want:
       raise ValueError(
@@ -146,7 +157,50 @@ def _plan(arch, shapes, num_classes, skip, model_kwargs):
     plan[key] = r
     report.mapped[key] = "/".join(r.path)
   report.missing = sorted("/".join(p) for p in targets if p not in taken)
+  for state, dests in disc.items():
+    report.discriminators[state] = _check_pixel_discriminator(dests, shapes, num_classes)
+    plan.update(dests)
+    report.mapped.update({k: "/".join(r.path) for k, r in dests.items()})
   return plan, report, targets
+
+
+def _check_pixel_discriminator(dests: Mapping[str, Dest], shapes: Mapping[str, Sequence[int]],
+                               num_classes: int) -> str:
+  """Checks that the file's FADA PixelDiscriminator (model_D) is complete and consistent, as our
+  PixelDiscriminator(classes_per_domain, width) has it: D.0 in -> ndf, D.2 ndf -> ndf // 2, cls1 / cls2
+  ndf // 2 -> K (K = num_classes, or 1: the binary domain discriminator); all 3x3 with bias. Returns a
+  description; raises ValueError naming the offending key."""
+  by_path = {}
+  for key, r in dests.items():
+    sub = r.path[2:]  # (module, 'conv', leaf)
+    if sub in by_path:
+      raise ValueError(f"{key!r} and {by_path[sub]!r} both map to {'/'.join(r.path)}")
+    by_path[sub] = key
+  hint = "check --num-classes, or leave the discriminator out with --skip model_D"
+  need = [(m, "conv", leaf) for m in torch_keys.FADA_D_MODULES.values() for leaf in ("kernel", "bias")]
+  absent = [p for p in need if p not in by_path]
+  if absent:
+    have = ", ".join(sorted(by_path.values()))
+    raise ValueError(f"FADA discriminator (model_D) is incomplete: the file has {have} but nothing for "
+                     f"{', '.join('/'.join(p) for p in absent)}; leave it out with --skip model_D")
+  key0 = by_path[("D_0", "conv", "kernel")]
+  s0 = tuple(shapes[key0])
+  if len(s0) != 4 or s0[2:] != (3, 3):
+    raise ValueError(f"FADA discriminator: {key0!r} has shape {s0}, expected (ndf, in, 3, 3) (torch layout: "
+                     f"PixelDiscriminator's first 3x3 conv); {hint}")
+  ndf, cin = s0[:2]
+  k = shapes[by_path[("cls1", "conv", "kernel")]]
+  k = k[0] if len(k) == 4 and k[0] in (num_classes, 1) else num_classes
+  want = {"D_0": (ndf, cin), "D_2": (ndf // 2, ndf), "cls1": (k, ndf // 2), "cls2": (k, ndf // 2)}
+  for (mod, _, leaf), key in by_path.items():
+    out, inp = want[mod]
+    expected = (out, inp, 3, 3) if leaf == "kernel" else (out,)
+    if tuple(shapes[key]) != expected:
+      raise ValueError(
+          f"FADA discriminator: {key!r} has shape {tuple(shapes[key])}, expected {expected} (torch layout) for "
+          f"PixelDiscriminator(in {cin}, ndf {ndf}, {k} classes per domain) as its {key0!r} {s0} and "
+          f"num_classes {num_classes} imply; {hint}")
+  return f"FADA PixelDiscriminator, in {cin}, width (disc.width) {ndf}, {k} classes per domain (model_D)"
 
 
 def import_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], num_classes: int = 19, *,
@@ -155,8 +209,9 @@ def import_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], num_class
   """Converts an official PyTorch state_dict (name -> array) into {'params', 'batch_stats'} of `arch`.
 
   Only the variables the file provides are returned (the report lists the `missing` ones, which
-  `load_init` leaves at their fresh init). `model_kwargs` override the arch's model settings (e.g.
-  aspp_branches, multi_level, blocks). strict: raise if any key is unused or any variable missing.
+  `init_from` leaves at their fresh init). A FADA checkpoint's model_D comes back as
+  {'discriminators': {'d_main': params of our PixelDiscriminator}}. `model_kwargs` override the arch's model
+  settings (e.g. aspp_branches, multi_level, blocks). strict: raise if any key is unused or any variable missing.
   """
   state_dict = {k: np.asarray(v) for k, v in state_dict.items()}
   plan, report, targets = _plan(arch, {k: v.shape for k, v in state_dict.items()}, num_classes, skip,
@@ -165,11 +220,12 @@ def import_state_dict(arch: str, state_dict: Mapping[str, np.ndarray], num_class
     raise ValueError(f"strict import failed:\n{report.format()}")
   variables = {"params": {}, "batch_stats": {}}
   for key, dest in plan.items():
-    t = targets[dest.path]
+    t = targets.get(dest.path)  # None for a discriminator: float32, shapes from the file (already checked)
     node = variables
     for p in dest.path[:-1]:
       node = node.setdefault(p, {})
-    node[dest.path[-1]] = np.ascontiguousarray(convert(dest.kind, state_dict[key], t.shape), dtype=t.dtype)
+    a = convert(dest.kind, state_dict[key], t.shape if t is not None else None)
+    node[dest.path[-1]] = np.ascontiguousarray(a, dtype=t.dtype if t is not None else np.float32)
   return variables, report
 
 
@@ -258,7 +314,10 @@ def import_file(arch: str, path: str, num_classes: int = 19, *, check_hash: bool
 
 def save_variables(variables: Mapping[str, Any], output: str, report: ImportReport | None = None,
                    force: bool = False) -> None:
-  """Writes an Orbax checkpoint to a temp dir next to `output`, then renames it into place."""
+  """Writes an Orbax checkpoint to a temp dir next to `output`, then renames it into place.
+
+  It holds 'params' and 'batch_stats' (the segmenter), and 'discriminators' ({state name: params}) when
+  `variables` has any."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   output = os.path.abspath(output)
@@ -270,7 +329,10 @@ def save_variables(variables: Mapping[str, Any], output: str, report: ImportRepo
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     ckptr = ocp.StandardCheckpointer()
-    ckptr.save(tmp, {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})})
+    tree = {"params": variables.get("params", {}), "batch_stats": variables.get("batch_stats", {})}
+    if variables.get(torch_keys.DISCRIMINATORS):
+      tree[torch_keys.DISCRIMINATORS] = variables[torch_keys.DISCRIMINATORS]
+    ckptr.save(tmp, tree)
     ckptr.wait_until_finished()
     if report is not None:
       with open(os.path.join(tmp, "import_report.json"), "w") as f:

@@ -75,8 +75,9 @@ def load_init(directory: str, target_variables: Mapping[str, Any], *, strict: bo
   if not os.path.isdir(directory):
     raise UserError(f"init_from {directory!r} is not a directory; write one with "
                     "`python -m uda_jax.tools.import_torch --arch ARCH --input FILE --output DIR`")
-  return merge(directory, ocp.StandardCheckpointer().restore(os.path.abspath(directory)), target_variables,
-               strict=strict)
+  restored = ocp.StandardCheckpointer().restore(os.path.abspath(directory))
+  restored.pop("discriminators", None)  # an imported FADA checkpoint's model_D: load_states places it
+  return merge(directory, restored, target_variables, strict=strict)
 
 
 def merge(directory: str, restored, target_variables: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:

@@ -4,12 +4,18 @@ A rule maps one (normalised: `module.` components dropped) state-dict key to a `
 the layout change it needs), a `Skip` (left out on purpose, with the reason), or None (the model has no
 place for it: reported as unused). Whether a `weight` is a conv kernel or a BatchNorm scale is read off
 the model's own variable tree, so the rules only deal with prefixes and numbering.
+
+A FADA checkpoint's discriminator (`model_D.*`, core/models/discriminator.py PixelDiscriminator) maps to
+('discriminators', 'd_main', ...): the params of FADA's discriminator state (`uda_jax.methods.fada.DISC`),
+which `init_from.load_states` restores when the config's discriminator has the same shapes. There is no model
+to read its shapes off; the importer checks the file's discriminator for consistency instead.
 """
 
 import dataclasses
 import re
 from typing import Callable, Mapping, Sequence
 
+from uda_jax.methods.fada import DISC as FADA_DISC
 from uda_jax.models.vgg import VGG16_CONV_NAMES
 
 
@@ -42,6 +48,13 @@ Rule = Callable[[str, Ctx, Targets], "Dest | Skip | None"]
 # is dropped (conv5_x shift down by one) with fc6 / fc7 appended at 29 / 31 (AdaptSegNet, FADA).
 TV_VGG16 = dict(zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28), VGG16_CONV_NAMES))
 DEEPLAB_VGG16 = dict(zip((0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31), VGG16_CONV_NAMES + ("fc6", "fc7")))
+
+
+# Top-level entry of an imported directory holding {train state name: params} of discriminators.
+DISCRIMINATORS = "discriminators"
+# FADA PixelDiscriminator: D = Sequential(conv 3x3 in -> ndf, LeakyReLU, conv 3x3 ndf -> ndf // 2, LeakyReLU);
+# cls1 / cls2 (source / target heads) conv 3x3 ndf // 2 -> K. Our module names (models/discriminators.py).
+FADA_D_MODULES = {"D.0": "D_0", "D.2": "D_2", "cls1": "cls1", "cls2": "cls2"}
 
 
 def normalise(name: str) -> str:
@@ -111,11 +124,20 @@ def deeplab_resnet(name: str, ctx: Ctx, targets: Targets):
   return _resnet(parts, ctx, targets)
 
 
+def fada_discriminator(parts: Sequence[str]) -> Dest | None:
+  """`model_D.<D.0|D.2|cls1|cls2>.<weight|bias>` -> FADA's discriminator state params; None for other keys."""
+  mod = FADA_D_MODULES.get(".".join(parts[1:-1]))
+  if mod is None or parts[-1] not in ("weight", "bias"):
+    return None
+  base = (DISCRIMINATORS, FADA_DISC, mod, "conv")
+  return Dest(base + ("kernel",), "conv") if parts[-1] == "weight" else Dest(base + ("bias",), "vector")
+
+
 def torchvision_resnet(name: str, ctx: Ctx, targets: Targets):
   """torchvision ResNet-101 or a FADA checkpoint (feature_extractor.backbone.* / classifier.* / model_D.*)."""
   parts = name.split(".")
   if parts[0] == "model_D":
-    return Skip("FADA discriminator: not part of the segmenter")
+    return fada_discriminator(parts)
   if parts[0] == "feature_extractor":
     parts = parts[1:]
   if parts[0] == "backbone":
@@ -129,7 +151,7 @@ def deeplab_vgg16(name: str, ctx: Ctx, targets: Targets):
   """torchvision / Caffe-converted VGG16, AdaptSegNet DeeplabVGG, or FADA vgg16 (feature_extractor.backbone.N)."""
   parts = name.split(".")
   if parts[0] == "model_D":
-    return Skip("FADA discriminator: not part of the segmenter")
+    return fada_discriminator(parts)
   if parts[:2] == ["feature_extractor", "backbone"]:
     parts = ["features", *parts[2:]]
   if parts[0] == "features" and len(parts) == 3 and parts[1].isdigit():

@@ -1,0 +1,88 @@
+"""CPU speed-ups (issue 13): the 1x1 conv as a matmul, and the XLA:CPU flags, change no result."""
+
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from uda_jax import xla_flags
+from uda_jax.models.layers import Conv, normal_001, torch_bias_init
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class _Ours(nn.Module):
+  stride: int
+  bias: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return Conv(6, 1, stride=self.stride, use_bias=self.bias, name="c")(x)
+
+
+class _FlaxConv(nn.Module):  # what Conv ran before for 1x1: flax's convolution under the same names
+  stride: int
+  bias: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(6, (1, 1), (self.stride, self.stride), padding=((0, 0), (0, 0)), use_bias=self.bias,
+                   kernel_init=normal_001, bias_init=torch_bias_init(x.shape[-1]), name="conv")(x)
+
+
+class _Reference(nn.Module):
+  stride: int
+  bias: bool
+
+  @nn.compact
+  def __call__(self, x):
+    return _FlaxConv(self.stride, self.bias, name="c")(x)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("bias", [False, True])
+def test_1x1_matmul_equals_the_convolution_in_params_values_and_gradients(stride, bias):
+  x = jax.random.normal(jax.random.key(1), (2, 9, 11, 5))  # odd sizes: the strided slice must match the conv
+  ours, ref = _Ours(stride, bias), _Reference(stride, bias)
+  p_ours, p_ref = ours.init(jax.random.key(0), x), ref.init(jax.random.key(0), x)
+  assert jax.tree.structure(p_ours) == jax.tree.structure(p_ref)  # same names: checkpoints load unchanged
+  jax.tree.map(np.testing.assert_array_equal, p_ours, p_ref)  # same initialisation
+  y_ours, y_ref = ours.apply(p_ours, x), ref.apply(p_ref, x)
+  assert y_ours.shape == y_ref.shape == (2, -(-9 // stride), -(-11 // stride), 6)
+  np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-6)
+  loss = lambda m: lambda p, x: (m.apply(p, x) ** 2).sum()
+  g_ours, g_ref = jax.grad(loss(ours), (0, 1))(p_ours, x), jax.grad(loss(ref), (0, 1))(p_ref, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
+
+
+def test_flags_are_appended_on_cpu_only(monkeypatch):
+  monkeypatch.setattr(xla_flags, "_backend_started", lambda: False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+  assert xla_flags.apply() == () and os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert xla_flags.apply(enabled=False) == ()
+  assert xla_flags.apply() == xla_flags.CPU_FLAGS
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", *xla_flags.CPU_FLAGS]
+  assert xla_flags.apply() == ()  # never twice
+  monkeypatch.setattr(xla_flags, "KNOWN_JAXLIB", ("0.0.1",))  # another jaxlib may not know the flag: fatal there
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert xla_flags.apply() == () and os.environ["XLA_FLAGS"] == ""
+
+
+def _step(mode):
+  out = subprocess.run([sys.executable, os.path.join(HERE, "cpu_step_check.py"), mode], capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""})
+  assert out.returncode == 0, out.stderr[-3000:]
+  return {r[1] if r[0] == "state" else r[0]: r[-1] for r in (line.split() for line in out.stdout.splitlines())}
+
+
+def test_the_flags_start_jax_and_leave_the_step_within_float_noise():
+  with_flags, without = _step("flags"), _step("noflags")
+  assert with_flags["xla_flags"] == xla_flags.CPU_FLAGS[0] and without["xla_flags"] == "-"
+  for key in ("loss", "seg", "d_main", "d_aux"):
+    assert float(with_flags[key]) == pytest.approx(float(without[key]), rel=1e-4), key
