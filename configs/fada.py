@@ -109,9 +109,11 @@ def _sd(c):
 
 
 def _toy(c):
-  """The toy pair and network; trained from scratch, so BatchNorm normalises with batch statistics (frozen BN
-  would not normalise at all). Stage lengths: 1200 steps each."""
+  """The toy pair with AdaptSegNet's toy network (Caffe layout, 2-branch ASPP, batch-statistics BatchNorm: it
+  trains from scratch, where frozen BN would not normalise at all), single-level as FADA's classifier, so the
+  README's toy rows compare schemes rather than backbones. Stage lengths: 1200 steps each."""
   c = config_base.toy(c)
+  c.model.layout, c.model.aspp_branches, c.data.normalization = "caffe", 2, "caffe_bgr"
   c.model.bn_mode, c.model.bn_eps = "batch_stats", 1e-5
   c.data.eval_size = c.data.source_size
   c.disc.width = 64
@@ -161,7 +163,8 @@ def get_config(arg: str | None = None):
   names = [n for n in (arg or "").split(",") if n]
   unknown = [n for n in names if n not in PRESETS]
   if unknown:
-    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/fada.py; known: {', '.join(PRESETS)}")
+    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/fada.py; "
+                    f"known: {', '.join(PRESETS)}")
   if len([n for n in names if n in STAGES]) > 1:
     raise UserError(f"configs/fada.py: name one stage of {', '.join(STAGES)}, not {arg!r}")
   if not any(n in STAGES for n in names):
@@ -213,6 +216,7 @@ def _rows():
            Row("3", "VGG-16 Baseline (feat. only)", 34.1, _chain("gta5", "vgg16", ",binary", upto="adv")),
            Row("3", "VGG-16 FADA", 43.8, _chain("gta5", "vgg16")),
            Row("3", "ResNet-101 Source only", 36.8, _chain("gta5", "resnet101", upto="src")),
+           Row("3", "ResNet-101 Baseline (feat. only)", 39.3, _chain("gta5", "resnet101", ",binary", upto="adv")),
            Row("3", "ResNet-101 FADA", 49.2, _chain("gta5", "resnet101")),
            Row("3", "ResNet-101 FADA-MST", 50.1, _chain("gta5", "resnet101", upto="mst"))]
   rows += [Row("4", name, value, _chain("gta5", "resnet101", upto=upto)) for name, value, upto in (

@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # The README's toy table over 3 seeds: source only, AdaptSegNet single- and multi-level, target oracle, and FADA
-# (its source-only stage, then its adversarial stage from that checkpoint).
+# (its source-only stage, then its adversarial stage from that checkpoint), with two controls from the same
+# checkpoint: source only continued with FADA's source input (colour jitter, class balancing), and FADA's
+# binary-discriminator baseline.
 #   bash launch/toy_table.sh runs/toy_table        (about 5 minutes a run on a 2-core CPU)
 #   VARIANTS="fada_src fada" bash launch/toy_table.sh runs/toy_table      (some variants only)
 set -euo pipefail
 root=${1:-runs/toy_table}
 seeds=${SEEDS:-"0 1 2"}
-variants=${VARIANTS:-"source_only single_level multi_level oracle fada_src fada"}
-declare -A configs=([source_only]=adaptsegnet.py:toy,source_only [single_level]=adaptsegnet.py:toy,single_level
-                    [multi_level]=adaptsegnet.py:toy [oracle]=adaptsegnet.py:toy,oracle
-                    [fada_src]=fada.py:toy,src [fada]=fada.py:toy,adv)
+variants=${VARIANTS:-"source_only single_level multi_level oracle fada_src fada fada_src_jitter fada_binary"}
+declare -A configs=([source_only]="adaptsegnet.py:toy,source_only" [single_level]="adaptsegnet.py:toy,single_level"
+                    [multi_level]="adaptsegnet.py:toy" [oracle]="adaptsegnet.py:toy,oracle"
+                    [fada_src]="fada.py:toy,src" [fada]="fada.py:toy,adv" [fada_binary]="fada.py:toy,adv,binary"
+                    [fada_src_jitter]="fada.py:toy,src")
 for variant in $variants; do
   for seed in $seeds; do
     dir="$root/$variant/seed$seed"
     [ -f "$dir/eval_final.json" ] && continue
     mkdir -p "$(dirname "$dir")"
     extra=()
-    [ "$variant" = fada ] && extra=(--config.init_from="$root/fada_src/seed$seed")
+    case $variant in
+      fada|fada_binary) extra=(--config.init_from="$root/fada_src/seed$seed") ;;
+      fada_src_jitter) extra=(--config.init_from="$root/fada_src/seed$seed"
+                              "--config.data.source_aug.jitter=(0.5,0.5,0.5,0.2)") ;;
+    esac
     python -m uda_jax.main --config "configs/${configs[$variant]}" --workdir "$dir" --config.seed="$seed" \
       "${extra[@]}" >"$dir.log" 2>&1 || { echo "failed: $dir (see $dir.log)"; exit 1; }
   done

@@ -10,8 +10,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _run(bn_mode, *args):
-  out = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), bn_mode, *args], capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_check.py"), bn_mode, *args],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]
   return [line.split() for line in out.stdout.splitlines()]
 

@@ -98,7 +98,7 @@ def run(config, workdir: str, restore) -> str:
                     "or remove that directory")
 
   step_fn = _make_step(config, mesh, states["seg"])
-  batches = _folder_batches(config, items, mesh) if source.folder else _split_batches(config, source, mesh)
+  batches = _folder_batches(config, items) if source.folder else _split_batches(config, source)
   tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
   writer = jax.process_index() == 0
   names, palette = [], labels.full_palette(labels.CLASS_SETS[config.eval.class_set][1]).reshape(-1).tolist()
@@ -158,10 +158,9 @@ def _make_step(config, mesh, seg_state):
   return step
 
 
-def _split_batches(config, source: Source, mesh):
-  """(batch, names, native sizes, prediction size) of the whole split, padded like the evaluation; predictions are made at the
-  first image's native size (every official target set has one size) and resized per image if one differs."""
-  del mesh
+def _split_batches(config, source: Source):
+  """(batch, names, native sizes, prediction size) of the whole split, padded like the evaluation. Predictions
+  are made at the first image's native size (each official target set has one) and resized if one differs."""
   split = pipeline.open_split(config.data, source.dataset, source.split)
   names, sizes = zip(*(_name_and_size(split, i) for i in range(len(split.records))))
   data = {**config.data.to_dict(), "eval": source.dataset, "eval_split": source.split,
@@ -193,7 +192,7 @@ def _folder_items(folder: str) -> list[str]:
   return found
 
 
-def _folder_batches(config, items, mesh):
+def _folder_batches(config, items):
   """Images of a folder, normalised and resized like the evaluation input, in padded batches of one native size."""
   gb, size = config.data.eval_batch_size, tuple(config.data.eval_size)
   pending = []

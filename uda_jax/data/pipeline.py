@@ -133,7 +133,8 @@ def _check_pseudo_labels(data_cfg) -> None:
   manifest = predict.read_manifest(data_cfg.source) if data_cfg.source else None
   if manifest is None or manifest.get("folder"):
     return
-  made_on, target = f"{manifest['dataset']}:{manifest['split']}", f"{data_cfg.target}:{_cfg(data_cfg, 'target_split', 'train')}"
+  made_on = f"{manifest['dataset']}:{manifest['split']}"
+  target = f"{data_cfg.target}:{_cfg(data_cfg, 'target_split', 'train')}"
   if made_on != target:
     raise UserError(f"the pseudo-labels in {data_cfg.source} were predicted on {made_on}, but data.target is {target}: "
                     "predict on the target split (--mode=predict) or set data.target to match.")

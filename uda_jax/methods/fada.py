@@ -84,4 +84,5 @@ def losses(params, states, batch, rng, config, axis_name=None):
              f"{DISC}_acc": 0.5 * (jnp.mean(source_mass(d_s) > 0.5) + jnp.mean(source_mass(d_t) < 0.5))}
   if m_t is not None:
     metrics["encoding_kept"] = 0.5 * (jnp.mean(m_s) + jnp.mean(m_t))
-  return {"seg": cfg.lambda_seg_main * ce + cfg.lambda_adv_main * adv, DISC: l_d}, {"batch_stats": stats, "metrics": metrics}
+  per_state = {"seg": cfg.lambda_seg_main * ce + cfg.lambda_adv_main * adv, DISC: l_d}
+  return per_state, {"batch_stats": stats, "metrics": metrics}
