@@ -13,8 +13,8 @@ would evaluate (eval.checkpoint of WORKDIR, else the init_from weights); each fe
 train id at its centre (nearest downsampling; 255 and ids >= num_classes are ignored). One pass accumulates, per
 class, the pixel count, the feature sum and the sum of squared norms in float64 (the mean squared distance to the
 centre is E||x||^2 - ||mu||^2), so nothing is stored per pixel; each batch's float32 sums of squares are taken
-about its own class means and shifted on the host, so small spreads survive the cancellation. K is the number of classes present in the measured images;
-an absent class has no centre and gets NaN.
+about its own class means and shifted on the host, so small spreads survive the cancellation. K is the number
+of classes present in the measured images; an absent class has no centre and gets NaN.
 
 Domains: target = the evaluation split (data.eval / eval_split at data.eval_size), source = the labelled source
 training split (data.source / source_split / source_label_map at data.source_size); each measured on its first
@@ -42,14 +42,17 @@ import numpy as np
 from uda_jax import xla_flags
 from uda_jax.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fada.py:adv", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose checkpoint (eval.checkpoint) is measured.")
-_DOMAIN = flags.DEFINE_enum("domain", "both", ["source", "target", "both"],
-                            "target: the eval split; source: the labelled source training split; both (and joint).")
-_MAX_IMAGES = flags.DEFINE_integer("max_images", 500, "Measure the first N images of each domain's split.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory (default WORKDIR/ccd).")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
-flags.mark_flags_as_required(["config", "workdir"])
+if __name__ == "__main__":  # the command's flags; tests import this module beside others that define --config
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/fada.py:adv",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory whose checkpoint (eval.checkpoint) is measured.")
+  _DOMAIN = flags.DEFINE_enum("domain", "both", ["source", "target", "both"],
+                              "target: the eval split; source: the labelled source training split; both "
+                              "(and joint).")
+  _MAX_IMAGES = flags.DEFINE_integer("max_images", 500, "Measure the first N images of each domain's split.")
+  _OUTPUT = flags.DEFINE_string("output", None, "Output directory (default WORKDIR/ccd).")
+  _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host).")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 JOINT = "joint"
 PLOT_HINT = "pip install -e '.[plot]'"
