@@ -27,6 +27,17 @@ GTA5 -> Cityscapes with ResNet-101, the whole recipe (or `bash launch/fada_gta5.
 An official FADA checkpoint (model_iter020000.pth of train_src.py, with or without model_D) can start `adv`
 directly: import it with `import_torch --arch deeplabv2_resnet101_tv` and pass that directory as init_from.
 
+Paper rows (ROWS below; published mIoU; each row's exact commands: `python -m uda_jax.tools.tables configs/fada.py
+--table N`; rows marked FADA run src -> adv -> pseudo-labels -> sd):
+  Table 1 Cityscapes -> Cross-City, FADA, `crosscity_CITY`: Rome 54.7, Rio 54.7, Tokyo 51.3, Taipei 52.7
+  Table 2 SYNTHIA (mIoU / mIoU*), `synthia,BACKBONE`: VGG-16 source only (src) 25.6 / 29.6, feat. only (adv,binary)
+          31.0 / 36.2, FADA 39.5 / 46.0; ResNet-101 source only 33.5 / 38.6, feat. only 35.4 / 40.8, FADA 45.2 / 52.5
+  Table 3 GTA5, `gta5,BACKBONE`: VGG-16 source only 28.3, feat. only 34.1, FADA 43.8; ResNet-101 source only 36.8,
+          feat. only 39.3, FADA 49.2, FADA-MST (sd,multiscale_flip, --mode=eval) 50.1
+  Table 4 GTA5 ResNet-101: source only 36.8, F-Adv (adv) 46.9, +SD (sd) 49.2, +MST 50.1
+  Table 5 adv stage, ResNet-101, GTA5 / SYNTHIA: baseline (binary) 39.4 / 35.4, hard 45.7 / 40.8, soft 46.9 / 41.5
+  Table 6 adv stage, GTA5 ResNet-101, clip_0.7 / 0.8 / 0.9 / 1.0: 46.2 / 46.3 / 46.9 / 45.7
+
 Presets (combine with commas, e.g. `:synthia,vgg16,adv`): stages src / adv / sd; backbones resnet101 (default)
 / vgg16; pairs gta5 (default) / synthia / crosscity_{rome,rio,tokyo,taipei}; ablations hard (Table 5 hard
 labels), binary (Table 4/5 feature-level baseline with a binary domain discriminator), clip_{0.7,0.8,0.9,1.0}

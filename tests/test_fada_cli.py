@@ -63,7 +63,7 @@ def test_toy_chain_src_adv_predict_sd(toy_data_dir, tmp_path):
   assert conf.dtype == np.uint16 and conf.shape == (96, 192) and conf.min() >= 65535 // 19
   _ok(_main(*predict))  # the same set again: left as it is
   # Another checkpoint's predictions into the same directory: refused, the set untouched.
-  _error(_main(*predict[:-len(small)], f"--config.eval.scales=(0.5,1.0)", *small), "already holds predictions")
+  _error(_main(*predict[:-len(small)], "--config.eval.scales=(0.5,1.0)", *small), "already holds predictions")
   assert json.load(open(os.path.join(pseudo, "manifest.json"))) == manifest
 
   # Self-distillation on the pseudo-labels (random scale of the native image + crop, SyncBN); pseudo-labels of

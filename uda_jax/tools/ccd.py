@@ -29,17 +29,14 @@ import csv
 import dataclasses
 import io
 import json
-import logging as std_logging
 import os
-import re
-import sys
 import types
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from uda_jax import xla_flags
+from uda_jax import cli
 from uda_jax.errors import UserError
 
 if __name__ == "__main__":  # the command's flags; tests import this module beside others that define --config
@@ -337,44 +334,16 @@ def plot(results: dict, names, columns, step: int) -> bytes | None:
 # Command line.
 
 
-def _quiet_orbax(record):
-  return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
-def _parse_flags(argv):
-  """absl flag parsing with a config mistake reported in one line (as uda_jax.main does)."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = str(e).strip().splitlines()[-1]
-    if isinstance(e, (AttributeError, KeyError)):
-      key = re.search(r"'(\w+)", str(e))
-      key = key.group(1) if key else str(e)
-      culprits = [a for a in argv if a.startswith("--config.") and key in a.split("=")[0].split(".")]
-      hint = re.search(r'Did you mean "(\w+)"', str(e))
-      message = (f"unknown config key {key!r} in {' '.join(culprits) or 'the overrides'}"
-                 + (f" (did you mean {hint.group(1)!r}?)" if hint else ""))
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  xla_flags.apply(xla_flags.ENABLED.value)  # before JAX starts a backend
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.parse_flags_with_absl()
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  logging.get_absl_logger().addFilter(_quiet_orbax)
+  cli.start_jax(_DISTRIBUTED.value)
   domains = ("source", "target") if _DOMAIN.value == "both" else (_DOMAIN.value,)
   try:
     run(_CONFIG.value, _WORKDIR.value, domains, _MAX_IMAGES.value, _OUTPUT.value)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(2)  # no interpreter teardown with a tf.data iterator possibly open (see uda_jax/main.py)
+    cli.exit_with_user_error(e)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
