@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from uda_jax import evaluate, parallel
+from uda_jax import evaluate, files, parallel, visualize
 from uda_jax.data import augment, labels, pipeline
 from uda_jax.errors import UserError
 from uda_jax.parallel import AXIS
@@ -112,10 +112,11 @@ def run(config, workdir: str, restore) -> str:
         name = batch_names[i]
         names.append(name)
         if writer:
-          _write_png(os.path.join(tmp, "labels", f"{name}.png"), _to_size(pred[i], native[i]), palette)
+          visualize.save_png(visualize.label_png(_to_size(pred[i], native[i]), palette),
+                             os.path.join(tmp, "labels", f"{name}.png"))
           if conf is not None:
             c16 = np.round(_to_size(conf[i], native[i]) * 65535).astype(np.uint16)
-            _write_png(os.path.join(tmp, "confidence", f"{name}.png"), c16)
+            visualize.save_png(Image.fromarray(c16), os.path.join(tmp, "confidence", f"{name}.png"))
     if writer:
       manifest = {**what, "num_examples": len(names), "names_sha1": names_digest(names), "tfds": None}
       if not source.folder:
@@ -223,26 +224,11 @@ def _folder_batches(config, items):
 
 
 def _to_size(a: np.ndarray, size) -> np.ndarray:
-  """Nearest resize of a prediction made at another size to the image's native size."""
-  if tuple(a.shape[:2]) == tuple(size):
-    return a
-  rows = (np.arange(size[0]) * a.shape[0]) // size[0]
-  cols = (np.arange(size[1]) * a.shape[1]) // size[1]
-  return a[rows][:, cols]
-
-
-def _write_png(path: str, array: np.ndarray, palette=None) -> None:
-  from uda_jax import files  # pylint: disable=g-import-not-at-top
-  image = Image.fromarray(array, "P") if palette is not None else Image.fromarray(array)
-  if palette is not None:
-    image.putpalette(palette)
-  buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
-  files.write_atomic(path, buffer.getvalue())
+  """A prediction made at another size, resized (nearest, as labels are) to the image's native size."""
+  return a if tuple(a.shape[:2]) == tuple(size) else visualize.nearest(a, tuple(size))
 
 
 def _write_json(path: str, obj) -> None:
-  from uda_jax import files  # pylint: disable=g-import-not-at-top
   files.write_atomic(path, json.dumps(obj, indent=2))
 
 

@@ -11,7 +11,7 @@ from uda_jax import files
 from uda_jax.data import labels, pipeline
 
 
-def _nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """Nearest-neighbour resize of [H, W, ...] to size (h, w), as the labels are resized."""
   rows = (np.arange(size[0]) * array.shape[0]) // size[0]
   cols = (np.arange(size[1]) * array.shape[1]) // size[1]
@@ -22,8 +22,8 @@ def panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, palette: np.nd
   """uint8 [h, 3w, 3]: the input image, the colourised ground truth and the prediction at the input size."""
   rgb = pipeline.denormalize_np(image, normalization)
   size = rgb.shape[:2]
-  gt = labels.colorize(_nearest(label, size), palette)
-  out = labels.colorize(_nearest(pred, size), palette)
+  gt = labels.colorize(nearest(label, size), palette)
+  out = labels.colorize(nearest(pred, size), palette)
   return np.concatenate([rgb, gt, out], axis=1)
 
 
@@ -33,11 +33,9 @@ def write_predictions(directory: str, samples, palette: np.ndarray, normalizatio
   colours = labels.full_palette(palette).reshape(-1).tolist()
   panels = []
   for k, (image, label, pred) in enumerate(samples):
-    png = Image.fromarray(np.asarray(pred, np.uint8), "P")
-    png.putpalette(colours)
-    _save(png, os.path.join(directory, f"{k:03d}_pred.png"))
+    save_png(label_png(pred, colours), os.path.join(directory, f"{k:03d}_pred.png"))
     panels.append(panel(image, label, pred, palette, normalization))
-    _save(Image.fromarray(panels[-1]), os.path.join(directory, f"{k:03d}_panel.png"))
+    save_png(Image.fromarray(panels[-1]), os.path.join(directory, f"{k:03d}_panel.png"))
   return np.stack(panels) if panels else np.zeros((0, 1, 1, 3), np.uint8)
 
 
@@ -48,7 +46,14 @@ def thumbnails(panels: np.ndarray, max_height: int = 256) -> np.ndarray:
   return panels[:, ::stride, ::stride]
 
 
-def _save(image: Image.Image, path: str) -> None:
+def label_png(train_ids: np.ndarray, colours: list[int]) -> Image.Image:
+  """A palette PNG image whose pixel values are the train ids (colours: full_palette(...).reshape(-1))."""
+  png = Image.fromarray(np.asarray(train_ids, np.uint8), "P")
+  png.putpalette(colours)
+  return png
+
+
+def save_png(image: Image.Image, path: str) -> None:
   buffer = io.BytesIO()
   image.save(buffer, format="PNG")
   files.write_atomic(path, buffer.getvalue())
