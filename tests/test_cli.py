@@ -2,16 +2,23 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+
+import jax
+import pytest
+
+from uda_jax import cli, parallel
+from uda_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "adaptsegnet.py")
 
 
-def _main(*args, timeout=900):
+def _main(*args, timeout=900, env=None):
   return subprocess.run([sys.executable, "-m", "uda_jax.main", *args], capture_output=True, text=True,
-                        timeout=timeout, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        timeout=timeout, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})})
 
 
 def test_toy_trains_evaluates_and_checkpoints_end_to_end(toy_data_dir, tmp_path):
@@ -69,10 +76,39 @@ def test_user_mistakes_get_one_line_errors_and_leave_no_workdir(tmp_path):
       ([f"--config={CONFIG}", f"--config.data.data_dir={tmp_path / 'no_such_dir'}"],
        "python -m uda_jax.data.prepare gta5 --manual_dir"),
       ([f"--config={CONFIG}:toy", "--config.eval.scales=(0.7,-1.0)"], "eval.scales=(0.7, -1.0)"),
+      ([f"--config={tmp_path / 'nope.py'}"], f"cannot load the config file: [Errno 2] No such file or directory: "
+                                             f"'{tmp_path / 'nope.py'}'"),
+      ([f"--config={CONFIG}:toy", "--config.data.batch_size=0"], "data.batch_size=0: give a positive number"),
+      ([f"--config={CONFIG}:toy", "--distributed"], "JAX_COORDINATOR_ADDRESS is not: set it to HOST:PORT"),
   ]
   for args, message in cases:
-    out = _main(*args, f"--workdir={workdir}", timeout=300)
+    env = {"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"} if "--distributed" in args else {}
+    out = _main(*args, f"--workdir={workdir}", timeout=300, env=env)
     assert out.returncode == 2, (args, out.stderr[-2000:])
     assert message in out.stderr, (args, out.stderr[-2000:])
     assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
     assert not workdir.exists(), args
+
+
+def test_cluster_environment_and_batch_shares():
+  assert cli.cluster_args({}) == {}
+  assert cli.cluster_args({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+                           "JAX_PROCESS_ID": "3"}) == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4,
+                                                      "process_id": 3}
+  for env, message in [({"JAX_NUM_PROCESSES": "2"}, "JAX_COORDINATOR_ADDRESS is not"),
+                       ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"},
+                        "JAX_PROCESS_ID=2 with JAX_NUM_PROCESSES=2"),
+                       ({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0"},
+                        "JAX_NUM_PROCESSES='two'")]:
+    with pytest.raises(UserError, match=re.escape(message)):
+      cli.cluster_args(env)
+
+
+def test_global_batch_must_split_evenly_over_processes_and_devices(monkeypatch):
+  mesh = parallel.make_mesh()
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  with pytest.raises(UserError, match=re.escape("data.batch_size=3 is not a multiple of the number of processes (2)")):
+    parallel.check_batch_divisible(3, mesh, "data.batch_size")
+  with pytest.raises(UserError, match=re.escape("data.batch_size=-2: give a positive number")):
+    parallel.check_batch_divisible(-2, mesh, "data.batch_size")
+  parallel.check_batch_divisible(4, mesh, "data.batch_size")

@@ -120,6 +120,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 5_000
   c.train.checkpoint_every = 5_000
   c.train.keep_checkpoints = 3
+  # A step whose losses, params or BatchNorm statistics turn NaN / Inf is never applied (steps.guard_finite);
+  # stop: end the run there, naming the terms (the newest checkpoint stays the last good one); skip: go on,
+  # counting skipped steps (train/skipped_steps).
+  c.train.nan_policy = "stop"
   return c
 
 

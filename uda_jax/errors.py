@@ -3,3 +3,7 @@
 
 class UserError(ValueError):
   """A bad config value, a missing dataset or file: the message says what and how to fix it."""
+
+
+class RunStopped(RuntimeError):
+  """The run stopped on purpose (a non-finite step, a failed save): one line says why and what is on disk."""

@@ -64,7 +64,7 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def summarize(cm: np.ndarray, class_names, subset=None, extra_means=None) -> dict:
-  """{'per_class': {name: IoU %}, 'mIoU': %, 'extra': {name: %}, 'pixel_acc': %}.
+  """{'per_class': {name: IoU %}, 'mIoU': %, 'extra': {name: %}, 'pixel_acc': %, 'confusion_matrix': counts}.
 
   mIoU is the NaN-mean over `subset` (all classes by default), as the official compute_iou.py computes it, and
   per_class lists those classes in class-set order (the papers' column order). `extra_means` ({name: class
@@ -72,12 +72,14 @@ def summarize(cm: np.ndarray, class_names, subset=None, extra_means=None) -> dic
   """
   iou = iou_per_class(cm)
   idx = list(range(len(class_names))) if subset is None else list(subset)
+  counts = np.asarray(cm, np.int64).tolist()  # [true][predicted] pixels, so results files can be merged exactly
   cm = np.asarray(cm, np.float64)
   return {
       "per_class": {class_names[i]: float(100 * iou[i]) for i in idx},
       "mIoU": _nanmean(iou[idx]),
       "extra": {name: _nanmean(iou[list(ids)]) for name, ids in (extra_means or {}).items()},
       "pixel_acc": float(100 * np.trace(cm) / max(cm.sum(), 1)),
+      "confusion_matrix": counts,
   }
 
 

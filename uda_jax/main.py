@@ -5,8 +5,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from uda_jax import cli, predict, train
-from uda_jax.errors import UserError
+from uda_jax import checkpoint, cli, predict, train
+from uda_jax.errors import RunStopped, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/adaptsegnet.py:toy",
                                           lock_config=True)
@@ -22,9 +22,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  jax = cli.start_jax(_DISTRIBUTED.value)
-  logging.info("devices: %s; XLA_FLAGS=%r", jax.devices(), os.environ.get("XLA_FLAGS", ""))
   try:
+    jax = cli.start_jax(_DISTRIBUTED.value)
+    logging.info("process %d of %d; devices: %s; XLA_FLAGS=%r", jax.process_index(), jax.process_count(),
+                 jax.devices(), os.environ.get("XLA_FLAGS", ""))
     if _MODE.value == "train":
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif _MODE.value == "eval":
@@ -35,6 +36,8 @@ def main(argv):
       print(f"predictions in {out}", flush=True)
   except UserError as e:
     cli.exit_with_user_error(e)
+  except (RunStopped, checkpoint.CheckpointError) as e:
+    cli.exit_with_user_error(e, code=1)
 
 
 if __name__ == "__main__":

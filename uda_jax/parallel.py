@@ -4,6 +4,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from uda_jax.errors import UserError
+
 AXIS = "data"
 
 
@@ -31,6 +33,12 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def check_batch_divisible(batch_size: int, mesh: Mesh, what: str):
-  n = mesh.devices.size
+  """A global batch every process and device gets an equal share of; else a UserError naming the value."""
+  if batch_size <= 0:
+    raise UserError(f"{what}={batch_size}: give a positive number of images per step")
+  p, n = jax.process_count(), mesh.devices.size
+  if batch_size % p:
+    raise UserError(f"{what}={batch_size} is not a multiple of the number of processes ({p}): every host reads "
+                    "an equal share of the global batch")
   if batch_size % n:
-    raise ValueError(f"{what}={batch_size} must be a multiple of the number of devices ({n})")
+    raise UserError(f"{what}={batch_size} must be a multiple of the number of devices ({n})")

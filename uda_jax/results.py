@@ -53,3 +53,9 @@ def append_history(workdir: str, summary: dict, step: int, name: str = "eval_his
   rows = [r for r in old[1:] if int(r.split(",", 1)[0]) < step] if old and old[0] == header else []
   files.write_atomic(path, "\n".join([header, *rows, row]) + "\n")
   return path
+
+
+def history_steps(workdir: str, name: str = "eval_history") -> set[int]:
+  """Steps that have a row in <name>.csv."""
+  lines = (files.read_text(os.path.join(workdir, f"{name}.csv")) or "").splitlines()
+  return {int(r.split(",", 1)[0]) for r in lines[1:] if r.split(",", 1)[0].isdigit()}

@@ -3,6 +3,7 @@
 import functools
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from uda_jax import evaluate
@@ -44,8 +45,24 @@ def train_step(states, batch, step, *, method, config, axis_name=AXIS):
   grads = jax.lax.pmean(grads, axis_name)
   new = {k: s.apply_gradients(grads=grads[k]) for k, s in states.items()}
   new["seg"] = new["seg"].replace(batch_stats=aux["batch_stats"])
-  metrics = {**{f"loss_{k}": v for k, v in per_state.items()}, **aux["metrics"]}
-  return new, jax.lax.pmean(metrics, axis_name)
+  metrics = jax.lax.pmean({**{f"loss_{k}": v for k, v in per_state.items()}, **aux["metrics"]}, axis_name)
+  return guard_finite(states, new, metrics, axis_name)
+
+
+def guard_finite(old, new, metrics, axis_name=AXIS):
+  """A step whose losses, updated params or BatchNorm statistics hold NaN / Inf is not applied: the states stay
+  as they were, so nothing non-finite is ever saved. metrics gain 'finite/<term>' (1.0 or 0.0) per loss and per
+  state's params and statistics, for the loop to name the culprits (train.nan_policy). One reduction over the
+  states: negligible next to the step."""
+  all_finite = lambda tree: jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [True]))
+  checks = {f"finite/{k}": jnp.isfinite(v) for k, v in metrics.items()}
+  for k, s in new.items():
+    checks[f"finite/{k}.params"] = all_finite(s.params)
+    checks[f"finite/{k}.batch_stats"] = all_finite(s.batch_stats)
+  checks = {k: jax.lax.pmin(v.astype(jnp.float32), axis_name) for k, v in checks.items()}  # any device bad
+  ok = jnp.all(jnp.stack(list(checks.values())) > 0)
+  kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  return kept, {**metrics, **checks}
 
 
 def eval_step(seg_state, batch, *, num_classes, scales=(1.0,), flip=False, axis_name=AXIS):

@@ -6,13 +6,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from uda_jax import checkpoint, evaluate, methods, optim, parallel, results, steps, visualize
+from uda_jax import checkpoint, evaluate, methods, optim, parallel, preemption, results, steps, visualize
+from uda_jax import workdir as run_workdir
 from uda_jax.data import labels, pipeline
-from uda_jax.errors import UserError
+from uda_jax.errors import RunStopped, UserError
 from uda_jax.tools import init_from
 
 
@@ -43,12 +43,15 @@ def run_eval(config, seg_state, eval_step, mesh):
 
 
 def train_and_evaluate(config, workdir: str):
+  """Trains config.method in workdir, resuming from its latest checkpoint; returns (states, final summary), or
+  (states, None) when SIGTERM stopped the run (a checkpoint of the current step is saved)."""
   method = methods.get(config.method)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
   parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   _class_set(config)
-
+  if config.train.nan_policy not in ("stop", "skip"):
+    raise UserError(f"train.nan_policy={config.train.nan_policy!r}: choose 'stop' or 'skip'")
   if config.init_from_required and not config.init_from and not init_from.is_run(workdir):
     raise UserError(config.init_from_required)
   # Input first: a missing or unprepared dataset fails here, before anything is written to workdir.
@@ -59,43 +62,73 @@ def train_and_evaluate(config, workdir: str):
   it = local_batches(0)
   first = next(it)  # its shapes size the states; it is also step 0's batch of a fresh run
   pipeline.num_eval_examples(config.data)
+  with run_workdir.Lock(workdir):
+    return _train(config, workdir, method, mesh, local_batches, it, first)
+
+
+def _train(config, workdir, method, mesh, local_batches, it, first):
   ckpt = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints)
-  resuming = ckpt.latest_step() is not None
-  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in first.items()}, pretrained=not resuming)
-  states, restored = ckpt.restore(states)
-  start = restored or 0
+  shapes = {k: v.shape for k, v in first.items()}
+  states, start = _restore_or_init(config, workdir, method, mesh, shapes, ckpt)
+  run_workdir.record_config(workdir, config, start)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  if restored:
-    logging.info("Resumed from %s at step %d", workdir, start)
-  else:
+  if not start:
     writer.write_hparams({k: str(v) for k, v in _flatten(config.to_dict()).items()})
   logging.info("Parameters: %s", {k: sum(x.size for x in jax.tree.leaves(s.params)) for k, s in states.items()})
 
   train_step = steps.make_train_step(method, config, mesh)
   eval_step = steps.make_eval_step(config, mesh)
   num_steps = config.train.num_steps
+  due = lambda done, every: done % every == 0 or done == num_steps
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_steps=config.train.log_every)
-  summary = None
+  preempted = preemption.Preemption()
+  guard = FiniteGuard(config.train.nan_policy, ckpt)
+  summary = samples = None
+
+  def evaluate_and_keep_best(done):
+    nonlocal summary, samples
+    summary, samples = run_eval(config, states["seg"], eval_step, mesh)
+    ckpt.save_if_best(done, states, summary["mIoU"])
+    _write_eval(config, workdir, writer, done, summary, samples)
+    logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
+
+  # A run stopped between a checkpoint and its evaluation (SIGTERM, a kill) evaluates that step first.
+  if start and due(start, config.train.eval_every) and start not in results.history_steps(workdir):
+    evaluate_and_keep_best(start)
   # Batches are a function of (seed, step): a resumed run opens the stream at its step.
   local = local_batches(start) if start else itertools.chain([first], it)
   data = (parallel.global_batch(b, mesh) for b in local)
-  for step in range(start, num_steps):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      states, metrics = train_step(states, next(data), jnp.asarray(step, jnp.int32))
-    done = step + 1
-    progress(done)
-    if done % config.train.log_every == 0 or done == num_steps:
-      scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not all(np.isfinite(v) for v in scalars.values()):
-        raise FloatingPointError(f"non-finite loss at step {done}: {scalars}")
-      writer.write_scalars(done, {**scalars, **optim.learning_rates(config.optim, step)})
-    if done % config.train.eval_every == 0 or done == num_steps:
-      summary, samples = run_eval(config, states["seg"], eval_step, mesh)
-      _write_eval(config, workdir, writer, done, summary, samples)
-      logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
-      ckpt.save_if_best(done, states, summary["mIoU"])
-    if done % config.train.checkpoint_every == 0 or done == num_steps:
-      ckpt.save(done, states)
+  try:
+    for step in range(start, num_steps):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        states, metrics = train_step(states, next(data), jnp.asarray(step, jnp.int32))
+      done = step + 1
+      guard.push(done, metrics)  # reads the previous step's checks: the device stays one step ahead
+      progress(done)
+      stop = preempted.reached(done)
+      if due(done, config.train.log_every):
+        guard.flush()
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if not k.startswith("finite/")}
+        writer.write_scalars(done, {**scalars, **optim.learning_rates(config.optim, step),
+                                    "train/skipped_steps": guard.skipped})
+      if due(done, config.train.checkpoint_every) or stop:
+        guard.flush()  # never save a step that was not checked
+        ckpt.save(done, states)  # asynchronous: written while the next steps (or the evaluation) run
+      if stop:
+        ckpt.close()
+        writer.close()
+        print(f"stopped by SIGTERM at step {done}: checkpoint saved in {workdir}; run the same command again "
+              "to resume", flush=True)
+        return states, None
+      if due(done, config.train.eval_every):
+        guard.flush()
+        evaluate_and_keep_best(done)
+    guard.flush()
+  except RunStopped:
+    ckpt.close()  # the saves in flight hold checked states: let them finish
+    raise
+  finally:
+    preempted.close()
   writer.flush()
   ckpt.close()
 
@@ -104,6 +137,56 @@ def train_and_evaluate(config, workdir: str):
   report(config, workdir, summary, samples, num_steps, "eval_final")
   writer.close()
   return states, summary
+
+
+def _restore_or_init(config, workdir, method, mesh, shapes, ckpt):
+  """(states, step) of the latest usable checkpoint in workdir, or fresh states (config.init_from) at 0.
+  Resuming with a config that changes the states' structure is refused, naming what changed."""
+  if ckpt.latest_step() is not None:
+    states = steps.init_states(config, method, mesh, shapes, pretrained=False)
+    differences = ckpt.metadata_differences(states)
+    if differences:
+      old = run_workdir.last_config(workdir)
+      changed = run_workdir.changes(old, run_workdir.flat_config(config)) if old else {}
+      raise UserError(f"cannot resume {workdir} (step {ckpt.latest_step()}): the checkpoint's states differ from "
+                      f"this config's ({'; '.join(differences)}); config changes since the last start: "
+                      f"{run_workdir.describe(changed) or 'none recorded'}. Undo them or give another --workdir")
+    states, step = ckpt.restore(states)
+    if step is not None:
+      logging.info("Resumed from %s at step %d", workdir, step)
+      ckpt.drop_best_after(step)
+      return states, step
+    logging.warning("no usable checkpoint in %s: starting from step 0", workdir)
+  return steps.init_states(config, method, mesh, shapes, pretrained=True), 0
+
+
+class FiniteGuard:
+  """Reads the step's 'finite/*' checks (steps.guard_finite) one step late, so the host never waits for the
+  device. A bad step was not applied; 'stop' raises RunStopped naming the terms, 'skip' counts it and goes on."""
+
+  def __init__(self, policy: str, ckpt):
+    self.policy, self.ckpt, self.skipped, self._pending = policy, ckpt, 0, None
+
+  def push(self, step, metrics):
+    self.flush()
+    self._pending = (step, {k: v for k, v in metrics.items() if k.startswith("finite/")})
+
+  def flush(self):
+    if self._pending is None:
+      return
+    step, checks = self._pending
+    self._pending = None
+    bad = [k.removeprefix("finite/") for k, v in jax.device_get(checks).items() if not v > 0]
+    if not bad:
+      return
+    if self.policy == "skip":
+      self.skipped += 1
+      logging.warning("step %d skipped: non-finite %s (%d skipped so far)", step, ", ".join(bad), self.skipped)
+      return
+    last = self.ckpt.latest_step()
+    raise RunStopped(f"step {step} is non-finite in {', '.join(bad)}; its update was not applied and nothing "
+                     f"after step {step - 1} was saved (latest checkpoint: "
+                     f"{'none' if last is None else last}); --config.train.nan_policy=skip skips such steps")
 
 
 def evaluate_checkpoint(config, workdir: str):

@@ -223,9 +223,7 @@ def run(config, workdir: str, domains=("source", "target"), max_images: int = 50
   names, _ = train._class_set(config)  # pylint: disable=protected-access
   num_classes = config.model.num_classes
   mesh = parallel.make_mesh()
-  if config.data.eval_batch_size % mesh.devices.size:
-    raise UserError(f"data.eval_batch_size={config.data.eval_batch_size} must be a multiple of the number of "
-                    f"devices ({mesh.devices.size})")
+  parallel.check_batch_divisible(config.data.eval_batch_size, mesh, "data.eval_batch_size")
   data_cfgs = {d: source_data_config(config.data) if d == "source" else config.data for d in domains}
   for cfg in data_cfgs.values():  # a missing dataset fails before the model is built
     pipeline.num_eval_examples(cfg)
@@ -337,9 +335,9 @@ def plot(results: dict, names, columns, step: int) -> bytes | None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.start_jax(_DISTRIBUTED.value)
   domains = ("source", "target") if _DOMAIN.value == "both" else (_DOMAIN.value,)
   try:
+    cli.start_jax(_DISTRIBUTED.value)
     run(_CONFIG.value, _WORKDIR.value, domains, _MAX_IMAGES.value, _OUTPUT.value)
   except UserError as e:
     cli.exit_with_user_error(e)
