@@ -112,3 +112,27 @@ def test_global_batch_must_split_evenly_over_processes_and_devices(monkeypatch):
   with pytest.raises(UserError, match=re.escape("data.batch_size=-2: give a positive number")):
     parallel.check_batch_divisible(-2, mesh, "data.batch_size")
   parallel.check_batch_divisible(4, mesh, "data.batch_size")
+
+
+def test_a_failed_save_stops_the_run_promptly_with_one_line(toy_data_dir, tmp_path):
+  """A full disk, simulated by a file-size limit that checkpoint data files exceed (EFBIG instead of ENOSPC)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+
+  def full_disk():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+  workdir = tmp_path / "full"
+  args = [f"--config={CONFIG}:toy", f"--workdir={workdir}", f"--config.data.data_dir={toy_data_dir}",
+          "--config.model.width=8", "--config.disc.channels=(8,8,8,8)", "--config.train.num_steps=30",
+          "--config.train.checkpoint_every=2", "--config.train.eval_every=100", "--config.train.log_every=1"]
+  out = subprocess.run([sys.executable, "-m", "uda_jax.main", *args], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, preexec_fn=full_disk)
+  assert out.returncode == 1, out.stderr[-3000:]
+  last = out.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: saving to {workdir}/checkpoints failed (step ") and "File too large" in last, last
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert not [s for s in os.listdir(workdir / "checkpoints") if s.isdigit()]  # nothing half-written counts
+  stopped_at = int(last.split("(step ")[1].split(")")[0])
+  assert stopped_at <= 6, last  # promptly: the failure of the step-2 save stops the run within a few steps

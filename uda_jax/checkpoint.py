@@ -91,11 +91,20 @@ class Checkpoints:
       self._save(self.best, step, states, metrics={"mIoU": float(miou)})
 
   def _save(self, manager, step, states, metrics=None):
+    self.check(step)
     try:
-      manager.check_for_errors()  # a failed earlier asynchronous save surfaces here
       manager.save(step, args=ocp.args.StandardSave(states), metrics=metrics, force=True)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"saving step {step} to {manager.directory} failed: {_cause(e)}") from None
+      # The cause may be an earlier asynchronous save of this manager; its message names the failed file.
+      raise CheckpointError(f"saving to {manager.directory} failed (step {step}): {_cause(e)}") from None
+
+  def check(self, step: int):
+    """Raises CheckpointError if an asynchronous save failed since the last check (the loop calls it often)."""
+    for m in (self.last, self.best):
+      try:
+        m.check_for_errors()
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f"saving to {m.directory} failed (step {step}): {_cause(e)}") from None
 
   def latest_step(self, which: str = "latest"):
     manager = self._manager(which)

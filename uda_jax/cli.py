@@ -4,6 +4,7 @@ import logging as std_logging
 import os
 import re
 import sys
+import threading
 
 from absl import flags, logging
 
@@ -36,8 +37,12 @@ def parse_flags(argv):
 
 
 def _quiet_orbax(record):
-  # Orbax logs every save step at INFO; keep its warnings and errors only.
-  return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+  # Orbax logs every save step at INFO: keep its warnings and errors only, and those without the tracebacks of
+  # its background threads (a failed save is reported once, in one line, by checkpoint.CheckpointError).
+  if "orbax" not in record.pathname:
+    return True
+  record.exc_info, record.exc_text = None, None
+  return record.levelno >= std_logging.WARNING
 
 
 def start_jax(distributed: bool):
@@ -58,6 +63,11 @@ def start_jax(distributed: bool):
                       "or under SLURM run on every worker / task; elsewhere set JAX_COORDINATOR_ADDRESS=HOST:PORT "
                       "of process 0, JAX_NUM_PROCESSES and JAX_PROCESS_ID)") from None
   logging.get_absl_logger().addFilter(_quiet_orbax)
+  # A failed asynchronous save also fails callbacks on Orbax's closed event loops; report them in one line each.
+  sys.unraisablehook = lambda u: logging.warning("ignored in %r: %s: %s", u.object, type(u.exc_value).__name__,
+                                                 u.exc_value)
+  threading.excepthook = lambda a: logging.error("thread %s: %s: %s", a.thread.name if a.thread else "?",
+                                                 a.exc_type.__name__, a.exc_value)
   return jax
 
 

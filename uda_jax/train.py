@@ -107,6 +107,7 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
       progress(done)
       stop = preempted.reached(done)
       if due(done, config.train.log_every):
+        ckpt.check(done)  # a failed asynchronous save (full disk) stops the run here, not at the next save
         guard.flush()
         scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if not k.startswith("finite/")}
         writer.write_scalars(done, {**scalars, **optim.learning_rates(config.optim, step),
