@@ -9,7 +9,7 @@ import sys
 import jax
 import pytest
 
-from uda_jax import bench, bench_torch, methods
+from uda_jax import bench, bench_torch, methods, peak_flops
 from uda_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +100,7 @@ def test_cli_prints_both_step_times_and_the_ratio():
   out = subprocess.run(
       [sys.executable, "-m", "uda_jax.bench", "--config", "configs/adaptsegnet.py:toy", "--size", "32,64",
        "--steps", "1", "--compare_torch", "--config.model.width=8", "--config.disc.channels=(8,8,8,8)",
-       "--config.data.batch_size=1"],
+       "--config.data.batch_size=1", "--peak_tflops=0.05"],
       capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert out.returncode == 0, out.stderr[-3000:]
   printed = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
@@ -110,3 +110,35 @@ def test_cli_prints_both_step_times_and_the_ratio():
   ours, theirs, ratio = (float(printed[k]) for k in ("step_s", "torch_step_s", "ratio_ours_over_torch"))
   assert ours > 0 and theirs > 0 and ratio > 0
   assert int(printed["torch_threads"]) >= 1
+  # MFU against the given peak, from the printed achieved rate; memory and input figures are there too.
+  assert float(printed["mfu"]) == pytest.approx(float(printed["achieved_tflops_per_s"]) / 0.05, rel=1e-3)
+  assert printed["peak_source"] == "--peak_tflops"
+  assert float(printed["peak_device_memory_gib"]) > 0 and "memory_analysis" in printed["peak_memory_source"]
+  assert float(printed["input_s"]) > 0 and 0 <= float(printed["input_wait_fraction"]) < 1
+
+
+def test_peak_table_matches_device_kinds_and_precisions():
+  assert peak_flops.lookup("NVIDIA H100 80GB HBM3")[0] == "H100 SXM"
+  assert peak_flops.lookup("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+  assert peak_flops.lookup("NVIDIA A100-SXM4-40GB")[0] == "A100"
+  assert peak_flops.lookup("TPU v5 lite")[0] == "TPU v5e" and peak_flops.lookup("TPU v6 lite")[0] == "TPU v6e"
+  assert peak_flops.lookup("TPU v5")[0] == "TPU v5p" and peak_flops.lookup("cpu") is None
+  for kind in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"):
+    p = {x: peak_flops.peak_tflops(kind, x) for x in peak_flops.PRECISIONS}
+    assert p["fp32"] < p["tf32"] < p["bf16"], kind
+    assert peak_flops.default_precision("float32", kind) == "tf32"
+  assert peak_flops.peak_tflops("NVIDIA H200", "bf16") == peak_flops.peak_tflops("NVIDIA H100 80GB HBM3", "bf16")
+  assert peak_flops.default_precision("float32", "Tesla V100-SXM2-16GB") == "fp32"
+  assert peak_flops.peak_tflops("Tesla V100-SXM2-16GB", "bf16") is None
+  assert peak_flops.default_precision("float32", "TPU v4") == "bf16"  # one bf16 pass, JAX's default on TPU
+  assert peak_flops.peak_tflops("TPU v4", "fp32") == peak_flops.peak_tflops("TPU v4", "bf16")
+  assert peak_flops.default_precision("bfloat16", "cpu") == "bf16"
+
+
+def test_benchmark_on_the_real_input_pipeline_reports_the_input_wait(tiny_toy_config):
+  c = tiny_toy_config
+  r = bench.benchmark(c, None, 2, input_mode="pipeline", peak=1e-3)
+  assert r["input"] == "pipeline" and r["size"] == "32x64" and r["batch"] == "2+2"
+  assert r["input_s"] > 0 and r["input_wait_s"] >= 0 and math.isfinite(r["input_wait_s"])
+  assert r["mfu"] == pytest.approx(r["achieved_tflops_per_s"] / 1e-3)
+  assert 0 < bench.measure_peak_tflops(n=256, repeats=2) < 1e4

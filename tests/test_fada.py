@@ -144,5 +144,6 @@ def test_benchmark_times_the_adversarial_step_with_different_domain_sizes():
   r = bench.benchmark(c, (32, 64), 1, (40, 72))
   assert r["method"] == "fada" and r["size"] == "32x64 + 40x72" and r["batch"] == "1+1"
   assert r["step_s"] > 0 and r["gflops_per_step"] > 0
-  assert bench.benchmark(c, (32, 64), 0).keys() == {"devices", "method", "size", "batch", "compile_s",
-                                                    "gflops_per_step"}
+  compile_only = bench.benchmark(c, (32, 64), 0)
+  assert compile_only["gflops_per_step"] > 0 and compile_only["mfu"].startswith("n/a")
+  assert "step_s" not in compile_only and compile_only["peak_device_memory_gib"] > 0

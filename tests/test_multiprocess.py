@@ -15,7 +15,9 @@ import time
 import jax
 import numpy as np
 
+from step_utils import init, random_batch
 from uda_jax import checkpoint
+from uda_jax.tools import init_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -67,7 +69,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_preempted_and_killed_runs_finish_like_uninterrupted_ones(toy_data_dir, tmp_path):
+def test_preempted_and_killed_runs_finish_like_uninterrupted_ones(toy_data_dir, toy_config, tmp_path):
   # The reference: one process, four devices, never interrupted.
   ref = str(tmp_path / "ref")
   with open(f"{ref}.log", "w") as log:
@@ -131,3 +133,9 @@ def test_preempted_and_killed_runs_finish_like_uninterrupted_ones(toy_data_dir, 
   # Results and images from process 0 only; one config record per start.
   assert len(os.listdir(os.path.join(multi, "config_history"))) == 2
   assert sorted(os.listdir(os.path.join(multi, "predictions"))) == ["eval_final", "step4", "step8"]
+
+  # The next stage (init_from) reads that 4-device, 2-process checkpoint on this process's single device.
+  _, _, states = init(toy_config, random_batch(batch=2))
+  loaded = init_from.load_states(multi, states)
+  for a, b in zip(jax.tree.leaves(params["seg"]["params"]), jax.tree.leaves(loaded["seg"].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from uda_jax import checkpoint
 from uda_jax.errors import UserError
 
 
@@ -30,7 +31,7 @@ def _restore_run(directory: str) -> tuple[dict, int]:
     raise UserError(f"init_from {directory!r} is a run without a finished checkpoint; let that run save one "
                     "(train.checkpoint_every) or point init_from at another run")
   path = os.path.join(os.path.abspath(directory), "checkpoints", str(step), "default")
-  return ocp.StandardCheckpointer().restore(path), step
+  return checkpoint.read_any_topology(path), step  # saved on any devices / processes
 
 
 def load_states(directory: str, states: Mapping[str, Any]) -> dict[str, Any]:
