@@ -234,8 +234,12 @@ def test_npz_works_without_torch(tmp_path, monkeypatch):
   v, rep = it.import_state_dict("deeplabv2_vgg16", arrays)
   np.testing.assert_array_equal(v["params"]["classifier"]["conv2d_list_1"]["conv"]["kernel"],
                                 sd["classifier.conv2d_list.1.weight"].transpose(2, 3, 1, 0))
+  (tmp_path / "model.pth").write_bytes(b"PK")
   with pytest.raises(ImportError, match=r"pip install -e '\.\[torch\]'"):
     it.load_checkpoint_file(str(tmp_path / "model.pth"))
+  # A .pth that is not there is reported as missing, not as needing PyTorch.
+  with pytest.raises(ValueError, match="nope.pth does not exist"):
+    it.load_checkpoint_file(str(tmp_path / "nope.pth"))
 
 
 def test_cli_checkpoint_restores_with_load_init(tmp_path, capsys):
@@ -248,8 +252,8 @@ def test_cli_checkpoint_restores_with_load_init(tmp_path, capsys):
   assert "params/fc7/conv/kernel" in printed and "params/conv5_3/conv/kernel" not in printed  # missing listed
   assert "classifier.conv2d_list.3.bias" in printed  # unused by design listed
   assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
-  with pytest.raises(FileExistsError):
-    it.main(["--arch", "deeplabv2_vgg16", "--input", str(src), "--output", str(out)])
+  assert it.main(["--arch", "deeplabv2_vgg16", "--input", str(src), "--output", str(out)]) == 2
+  assert capsys.readouterr().err == f"error: --output {out} exists (use --force to replace it)\n"
 
   imported, _ = it.import_state_dict("deeplabv2_vgg16", sd)
   fresh = fresh_variables("deeplabv2_vgg16")
@@ -267,6 +271,31 @@ def test_cli_checkpoint_restores_with_load_init(tmp_path, capsys):
   one = fresh_variables("deeplabv2_vgg16", aspp_branches=1)
   with pytest.raises(ValueError, match="conv2d_list_1"):
     load_init(str(out), one)
+
+
+def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path, capsys):
+  text = tmp_path / "notes.pth"
+  text.write_text("not a checkpoint\n")
+  png = tmp_path / "image.pth"
+  png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+  renamed = tmp_path / "resnet101-5d3b4d8f.pth"  # a torch hub name whose hash prefix the bytes do not have
+  renamed.write_bytes(b"\x80\x02}q\x00.")
+  exists = tmp_path / "exists"
+  exists.mkdir()
+  out = tmp_path / "out"
+  cases = [(tmp_path / "missing.pth", out, f"--input {tmp_path / 'missing.pth'} does not exist"),
+           (text, out, f"{text} is not a PyTorch checkpoint"),
+           (png, out, f"{png} is not a PyTorch checkpoint"),
+           (renamed, out, f"{renamed}: SHA-256"),
+           (text, exists, f"--output {exists} exists (use --force to replace it)")]
+  for src, dst, message in cases:
+    if "PyTorch" in message:
+      pytest.importorskip("torch")
+    assert it.main(["--arch", "deeplabv2_resnet101", "--input", str(src), "--output", str(dst)]) == 2, message
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert not out.exists() and os.listdir(exists) == []
+  assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
 
 
 # ---- forward parity with PyTorch ----

@@ -119,3 +119,14 @@ def test_other_num_classes_is_a_shape_mismatch(fresh, tmp_path):
   it.save_variables(seg, str(tmp_path / "imported"))
   with pytest.raises(UserError, match="shape mismatch"):
     load_states(str(tmp_path / "imported"), fresh)
+
+
+def test_init_from_a_directory_that_is_no_checkpoint_says_how_to_make_one(tmp_path):
+  empty, junk = tmp_path / "empty", tmp_path / "junk"
+  empty.mkdir()
+  junk.mkdir()
+  (junk / "weights.bin").write_bytes(b"\0" * 64)
+  for d in (empty, junk):
+    with pytest.raises(UserError, match=rf"init_from '{d}' is neither a training run's workdir .*"
+                                        r"python -m uda_jax.tools.import_torch --arch ARCH"):
+      load_states(str(d), {})

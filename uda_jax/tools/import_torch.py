@@ -241,8 +241,8 @@ def check_hash_prefix(path: str) -> None:
   digest = h.hexdigest()
   if not digest.startswith(m.group(1)):
     raise ValueError(f"{path}: SHA-256 {digest[:len(m.group(1))]}... does not match the prefix "
-                     f"'{m.group(1)}' in its name (corrupt or truncated download?); pass check_hash=False "
-                     "(--no-hash-check) if the name merely looks like a hash")
+                     f"'{m.group(1)}' in its name (corrupt or truncated download?); --no-hash-check if the name "
+                     "merely looks like a hash")
 
 
 def _flatten(obj: Mapping, prefix: str, out: dict, ignored: list) -> None:
@@ -271,12 +271,25 @@ def _torch_load(path: str):
   except ImportError as e:
     raise ImportError(f"reading {path} needs PyTorch: pip install -e '.[torch]' "
                       "(or convert the file to .npz elsewhere)") from e
+  def not_a_checkpoint(e):
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    # torch's weights-only errors open with a paragraph of advice; the cause is the line after "error:"
+    cause = next((lines[i + 1] for i, l in enumerate(lines[:-1]) if l.endswith("error:")), lines[0] if lines else "")
+    return ValueError(f"{path} is not a PyTorch checkpoint ({type(e).__name__}: {cause})")
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError as e:  # old checkpoints may pickle more than tensors
+  except pickle.UnpicklingError as e:
+    if "global" not in str(e):  # not a refused class but unreadable bytes
+      raise not_a_checkpoint(e) from None
+    # Old checkpoints may pickle more than tensors.
     logging.warning("%s: weights-only load failed (%s); retrying with full unpickling (trusted file only)",
                     path, str(e).splitlines()[0])
+  except Exception as e:  # pylint: disable=broad-except  (garbage makes torch.load fail in many ways)
+    raise not_a_checkpoint(e) from None
+  try:
     return torch.load(path, map_location="cpu", weights_only=False)
+  except Exception as e:  # pylint: disable=broad-except
+    raise not_a_checkpoint(e) from None
 
 
 def load_checkpoint_file(path: str, check_hash: bool = True) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -285,11 +298,16 @@ def load_checkpoint_file(path: str, check_hash: bool = True) -> tuple[dict[str, 
   Wrappers are unpacked: {'state_dict' | 'model_state_dict': ...} (LSD-seg) and FADA's
   {'feature_extractor', 'classifier', 'model_D', optimiser states...} (nested names joined by '.').
   """
+  if not os.path.isfile(path):
+    raise ValueError(f"{path} does not exist (or is not a file)")
   if check_hash:
     check_hash_prefix(path)
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as f:
-      return {k: f[k] for k in f.files}, []
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}, []
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path} is not a readable .npz file ({str(e).splitlines()[0]})") from None
   obj = _torch_load(path)
   if not isinstance(obj, Mapping):
     raise ValueError(f"{path}: expected a state_dict (a mapping), got {type(obj).__name__}")
@@ -362,6 +380,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   ap.add_argument("--no-hash-check", action="store_true")
   ap.add_argument("--force", action="store_true", help="replace an existing --output")
   args = ap.parse_args(argv)
+  try:
+    return _run(args)
+  except (ValueError, ImportError, FileExistsError) as e:  # the user's file or flags: one message, exit 2
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    return 2
+
+
+def _run(args) -> int:
+  # Everything a user can get wrong is checked before the (slow) import, so nothing is written then.
+  if not os.path.isfile(args.input):
+    raise ValueError(f"--input {args.input} does not exist (or is not a file)")
+  if os.path.exists(args.output) and not args.force:
+    raise FileExistsError(f"--output {os.path.abspath(args.output)} exists (use --force to replace it)")
   overrides = {}
   if args.aspp_branches is not None:
     overrides["aspp_branches"] = args.aspp_branches

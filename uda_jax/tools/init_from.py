@@ -34,6 +34,20 @@ def _restore_run(directory: str) -> tuple[dict, int]:
   return checkpoint.read_any_topology(path), step  # saved on any devices / processes
 
 
+def _restore_imported(directory: str) -> dict:
+  """The tree import_torch wrote, or a UserError saying what the directory is not and how to make one."""
+  if not any(os.path.exists(os.path.join(directory, f)) for f in ("_CHECKPOINT_METADATA", "_METADATA")):
+    raise UserError(f"init_from {directory!r} is neither a training run's workdir (no checkpoints/) nor imported "
+                    "weights (no Orbax checkpoint files); write weights with `python -m uda_jax.tools.import_torch "
+                    "--arch ARCH --input FILE --output DIR`, or give the workdir of an earlier run")
+  try:
+    return checkpoint.read_any_topology(os.path.abspath(directory))
+  except Exception as e:  # pylint: disable=broad-except
+    cause = (str(e).strip().splitlines() or [""])[-1]
+    raise UserError(f"init_from {directory!r}: cannot read its checkpoint ({type(e).__name__}: {cause}); "
+                    "import the weights again") from None
+
+
 def load_states(directory: str, states: Mapping[str, Any]) -> dict[str, Any]:
   """`states` with the segmenter's variables from `directory`, and any other state's parameters (e.g. the
   discriminator) where the directory has one of the same name and shapes (FADA's adversarial stage continues
@@ -51,7 +65,7 @@ def load_states(directory: str, states: Mapping[str, Any]) -> dict[str, Any]:
     source = {"params": seg["params"], "batch_stats": seg.get("batch_stats") or {}}
     logging.info("init_from run %s at step %d", directory, step)
   else:
-    source = ocp.StandardCheckpointer().restore(os.path.abspath(directory))
+    source = _restore_imported(directory)
     others = source.pop("discriminators", None) or {}
   out = dict(states)
   seg_state = states["seg"]
