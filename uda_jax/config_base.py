@@ -32,7 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the global batch over all devices: torch SyncBatchNorm)
   c.model.bn_mode = "batch_stats"
   c.model.bn_eps = 1e-5
-  c.model.dtype = "float32"  # compute dtype of convolutions: float32 | bfloat16
+  # Compute dtype of every convolution, discriminators included: float32 | bfloat16 (params, optimizer states,
+  # BatchNorm statistics and normalisation, softmax, resizing and losses stay float32) | float64 (everything,
+  # params included; needs --jax_enable_x64: parity checks against reference code without float32 rounding).
+  c.model.dtype = "float32"
 
   c.disc = ml_collections.ConfigDict()
   c.disc.arch = "fc"  # fc (AdaptSegNet's five 4x4 stride-2 convs) | pixel (FADA's fine-grained discriminator)
@@ -120,6 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 5_000
   c.train.checkpoint_every = 5_000
   c.train.keep_checkpoints = 3
+  c.train.remat = False  # recompute ResNet blocks' activations in the backward pass: less memory, ~1/3 more FLOPs
   # A step whose losses, params or BatchNorm statistics turn NaN / Inf is never applied (steps.guard_finite);
   # stop: end the run there, naming the terms (the newest checkpoint stays the last good one); skip: go on,
   # counting skipped steps (train/skipped_steps).

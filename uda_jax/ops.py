@@ -14,7 +14,7 @@ def _interp_matrix(size_in: int, size_out: int) -> np.ndarray:
   lo = np.clip(np.floor(src).astype(np.int64), 0, size_in - 1)
   hi = np.minimum(lo + 1, size_in - 1)
   frac = src - lo
-  m = np.zeros((size_out, size_in), np.float32)
+  m = np.zeros((size_out, size_in), np.float64)  # cast to the input dtype by the caller
   np.add.at(m, (np.arange(size_out), lo), 1.0 - frac)
   np.add.at(m, (np.arange(size_out), hi), frac)
   return m

@@ -31,7 +31,7 @@ def levels(config):
 
 
 def create_segmenter_state(config, rng, image_shape, axis_name=None):
-  module = models.build_segmenter(config.model, axis_name)
+  module = models.build_segmenter(config.model, axis_name, remat=config.train.get("remat", False))
   variables = module.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
   return state_lib.create(module, optim.segmenter_sgd(config.optim, variables["params"]), variables)
 
@@ -45,7 +45,7 @@ def feature_shape(seg_state, image_shape):
 
 
 def create_discriminator_state(config, rng, input_shape, classes_per_domain: int = 1):
-  module = models.build_discriminator(config.disc, classes_per_domain)
+  module = models.build_discriminator(config.disc, classes_per_domain, models.compute_dtype(config.model))
   out = jax.eval_shape(module.init_with_output, rng, jnp.zeros(input_shape, jnp.float32))[0]
   if 0 in out.shape:
     raise UserError(f"discriminator input {input_shape[1:3]} is too small for {len(config.disc.channels) + 1} "

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from uda_jax.models.layers import Conv
+from uda_jax.models.layers import Conv, param_dtype
 from uda_jax.models.resnet import ResNet
 
 
@@ -45,14 +45,16 @@ class DeepLabV2(nn.Module):
   aspp_branches: int = 2
   bn: dict = None
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    f3, f4 = ResNet(self.blocks, self.width, self.layout, self.bn, self.dtype, name="backbone")(
+    f3, f4 = ResNet(self.blocks, self.width, self.layout, self.bn, self.dtype, self.remat, name="backbone")(
         x.astype(self.dtype), train)
     head = lambda name: ASPPClassifier(self.num_classes, tuple(self.aspp_dilations), self.aspp_branches,
                                        self.dtype, name=name)
-    out = {"main": head("layer6")(f4).astype(jnp.float32), "features": f4.astype(jnp.float32)}
+    f32 = lambda t: t.astype(param_dtype(self.dtype))  # float32 (float64) for losses, softmax and resizing
+    out = {"main": f32(head("layer6")(f4)), "features": f32(f4)}
     if self.multi_level:
-      out["aux"] = head("layer5")(f3).astype(jnp.float32)
+      out["aux"] = f32(head("layer5")(f3))
     return out

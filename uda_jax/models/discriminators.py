@@ -9,38 +9,42 @@ PixelDiscriminator (FADA Sec. 3.2, `PixelDiscriminator(2048, ndf=256)`): the fin
   traditional binary domain discriminator.
 """
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from uda_jax.models.layers import Conv, leaky_relu, torch_kernel_init
+from uda_jax.models.layers import Conv, leaky_relu, param_dtype, torch_kernel_init
 from uda_jax.ops import resize_bilinear
 
 
-def _conv(features, kernel, stride, padding, name):
+def _conv(features, kernel, stride, padding, name, dtype):
   return Conv(features, kernel, stride=stride, padding=padding, use_bias=True, kernel_init=torch_kernel_init,
-              name=name)
+              dtype=dtype, name=name)
 
 
 class FCDiscriminator(nn.Module):
   channels: Sequence[int] = (64, 128, 256, 512)
+  dtype: Any = jnp.float32  # compute dtype of the convs; the output (losses' input) is float32 / float64
 
   @nn.compact
   def __call__(self, x):
+    x = x.astype(self.dtype)
     for i, c in enumerate(self.channels):
-      x = leaky_relu(_conv(c, 4, 2, 1, f"conv{i + 1}")(x))
-    return _conv(1, 4, 2, 1, "classifier")(x)
+      x = leaky_relu(_conv(c, 4, 2, 1, f"conv{i + 1}", self.dtype)(x))
+    return _conv(1, 4, 2, 1, "classifier", self.dtype)(x).astype(param_dtype(self.dtype))
 
 
 class PixelDiscriminator(nn.Module):
   classes_per_domain: int = 19
   width: int = 256  # ndf; the second conv has width // 2
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, size=None):
-    x = leaky_relu(_conv(self.width, 3, 1, 1, "D_0")(x))
-    x = leaky_relu(_conv(self.width // 2, 3, 1, 1, "D_2")(x))
-    out = jnp.concatenate([_conv(self.classes_per_domain, 3, 1, 1, name)(x) for name in ("cls1", "cls2")], -1)
+    x = leaky_relu(_conv(self.width, 3, 1, 1, "D_0", self.dtype)(x.astype(self.dtype)))
+    x = leaky_relu(_conv(self.width // 2, 3, 1, 1, "D_2", self.dtype)(x))
+    out = jnp.concatenate([_conv(self.classes_per_domain, 3, 1, 1, name, self.dtype)(x)
+                           for name in ("cls1", "cls2")], -1).astype(param_dtype(self.dtype))
     return out if size is None else resize_bilinear(out, tuple(size))
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uda_jax.models.layers import Conv, max_pool
+from uda_jax.models.layers import Conv, max_pool, param_dtype
 from uda_jax.models.vgg import VGG16_STAGES
 
 _zeros = nn.initializers.zeros
@@ -50,7 +50,7 @@ class ConvTranspose(nn.Module):
   @nn.compact
   def __call__(self, x):
     k, s = self.kernel, self.stride
-    w = self.param("kernel", bilinear_kernel, (k, k, x.shape[-1], self.features))
+    w = self.param("kernel", bilinear_kernel, (k, k, x.shape[-1], self.features), param_dtype(self.dtype))
     if self.frozen:
       w = jax.lax.stop_gradient(w)
     return jax.lax.conv_general_dilated(
@@ -95,5 +95,5 @@ class FCN8s(nn.Module):
     h = up(4, 2, "upscore_pool4")(h)
     h = h + crop(conv(self.num_classes, 1, "score_pool3")(pool3), 9, h.shape[1:3])
     score = crop(up(16, 8, "upscore8")(h), 31, hw)
-    f32 = lambda t: t.astype(jnp.float32)
+    f32 = lambda t: t.astype(param_dtype(self.dtype))
     return {"main": f32(score), "fc7": f32(fc7), "pool4": f32(pool4), "pool3": f32(pool3), "features": f32(fc7)}

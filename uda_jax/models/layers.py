@@ -13,6 +13,12 @@ normal_001 = nn.initializers.normal(0.01)
 torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def param_dtype(dtype):
+  """Parameters (and BatchNorm statistics) are float32 under float32 and bfloat16 compute, float64 under
+  float64 (parity checks against reference code without float32 rounding)."""
+  return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
 def torch_bias_init(fan_in: int):
   bound = 1.0 / np.sqrt(fan_in)
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -47,7 +53,8 @@ class Conv(nn.Module):
         self.features, (self.kernel, self.kernel), (self.stride, self.stride),
         padding=((self.padding, self.padding), (self.padding, self.padding)),
         kernel_dilation=(self.dilation, self.dilation), use_bias=self.use_bias,
-        kernel_init=self.kernel_init, bias_init=bias_init, dtype=self.dtype, name="conv")(x)
+        kernel_init=self.kernel_init, bias_init=bias_init, dtype=self.dtype, param_dtype=param_dtype(self.dtype),
+        name="conv")(x)
 
 
 class Dense1x1(nn.Module):
@@ -63,8 +70,9 @@ class Dense1x1(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features))
-    bias = self.param("bias", self.bias_init, (self.features,)) if self.use_bias else None
+    pdt = param_dtype(self.dtype)
+    kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), pdt)
+    bias = self.param("bias", self.bias_init, (self.features,), pdt) if self.use_bias else None
     if self.stride > 1:
       x = x[:, :: self.stride, :: self.stride]
     y = jnp.einsum("nhwc,cd->nhwd", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
@@ -95,11 +103,12 @@ class BatchNorm(nn.Module):
     if self.mode not in ("batch_stats", "frozen", "sync"):
       raise ValueError(f"model.bn_mode must be 'batch_stats', 'frozen' or 'sync', got {self.mode!r}")
     c = x.shape[-1]
-    scale = self.param("scale", nn.initializers.ones, (c,))
-    bias = self.param("bias", nn.initializers.zeros, (c,))
-    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-    x32 = x.astype(jnp.float32)
+    dt = param_dtype(x.dtype)  # statistics, affine and the normalisation in float32 even under bfloat16
+    scale = self.param("scale", nn.initializers.ones, (c,), dt)
+    bias = self.param("bias", nn.initializers.zeros, (c,), dt)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), dt))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), dt))
+    x32 = x.astype(dt)
     sync = self.mode == "sync" and self.axis_name is not None and not self.is_initializing()
     if train and self.mode in ("batch_stats", "sync"):
       mean = x32.mean((0, 1, 2))

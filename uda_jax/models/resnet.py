@@ -49,6 +49,7 @@ class ResNet(nn.Module):
   layout: str = "caffe"
   bn: dict = None
   dtype: Any = jnp.float32
+  remat: bool = False  # recompute each block's activations in the backward pass (train.remat)
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -65,13 +66,14 @@ class ResNet(nn.Module):
       plan = [(1, 1, 1), (2, 1, 1), (1, 2, 2), (1, 4, 4)]
     else:
       plan = [(1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4)]
+    block = nn.remat(Bottleneck, static_argnums=(2,)) if self.remat else Bottleneck  # (self, x, train)
     for i, (n, (stride, d_first, d_rest)) in enumerate(zip(self.blocks, plan)):
       planes = self.width * 2**i
       for j in range(n):
         first = j == 0
         # Caffe DeepLab also gives the first block of a dilated layer a projection (its `dilation in (2, 4)`).
         downsample = first and (stride != 1 or inplanes != planes * 4 or (self.layout == "caffe" and d_first > 1))
-        x = Bottleneck(planes, stride if first else 1, d_first if first else d_rest, downsample, self.layout,
+        x = block(planes, stride if first else 1, d_first if first else d_rest, downsample, self.layout,
                        bn, self.dtype, name=f"layer{i + 1}_{j}")(x, train)
         inplanes = planes * 4
       outs.append(x)

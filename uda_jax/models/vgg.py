@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from uda_jax.models.deeplab import ASPPClassifier
-from uda_jax.models.layers import Conv, max_pool, torch_kernel_init
+from uda_jax.models.layers import Conv, max_pool, param_dtype, torch_kernel_init
 
 # (channels, convs) per VGG16 stage; conv names are conv{stage}_{i} (Caffe / FCN naming).
 VGG16_STAGES = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -42,4 +42,4 @@ class DeepLabV2VGG16(nn.Module):
     x = nn.relu(conv(1024, 4, "fc7")(x))
     main = ASPPClassifier(self.num_classes, tuple(self.aspp_dilations), self.aspp_branches, self.dtype,
                           name="classifier")(x)
-    return {"main": main.astype(jnp.float32), "features": x.astype(jnp.float32)}
+    return {"main": main.astype(param_dtype(self.dtype)), "features": x.astype(param_dtype(self.dtype))}
