@@ -94,7 +94,7 @@ def test_preempted_and_killed_runs_finish_like_uninterrupted_ones(toy_data_dir, 
   for _ in range(2):
     with open(f"{run}.log", "a") as log:
       p = _start(run, toy_data_dir, log)
-      time.sleep(kills.append(rng.uniform(8.0, 30.0)) or kills[-1])
+      time.sleep(kills.append(rng.uniform(6.0, 16.0)) or kills[-1])  # imports ~7 s, then restore, steps, saves
       p.kill()
       p.wait()
   with open(f"{run}.log", "a") as log:
