@@ -61,14 +61,26 @@ def test_killed_between_managers_or_with_a_corrupt_checkpoint_restarts_and_finis
   assert _steps(run, "best") in ([2], [4]) and results_steps(run) == {2, 4}
 
   # The newest checkpoint is corrupt (a file of it truncated): it is moved aside, the previous one is used.
-  step4 = os.path.join(run, "checkpoints", "4")
-  victims = [os.path.join(d, f) for d, _, fs in os.walk(step4) for f in fs if os.path.getsize(os.path.join(d, f))]
-  biggest = max(victims, key=os.path.getsize)
-  with open(biggest, "r+b") as f:
-    f.truncate(os.path.getsize(biggest) // 2)
+  _truncate_biggest(os.path.join(run, "checkpoints", "4"))
   resumed, _ = train.train_and_evaluate(tiny_toy_config, run)
   _assert_same(straight, resumed)
   assert os.path.isdir(os.path.join(run, "corrupt", "checkpoints_4")) and _steps(run) == [2, 4]
+
+  # Evaluation reads a workdir read-only (a live run may be saving there): it passes over a corrupt
+  # checkpoint without moving it and leaves the live run's temporary save directory alone.
+  in_flight = os.path.join(run, "checkpoints", "6.orbax-checkpoint-tmp-1234")
+  os.makedirs(in_flight)
+  _truncate_biggest(os.path.join(run, "checkpoints", "4"))
+  tiny_toy_config.eval.checkpoint = "latest"
+  _, step = train.restore_for_inference(tiny_toy_config, run, train.parallel.make_mesh(), "evaluate")
+  assert step == 2 and os.path.isdir(in_flight) and _steps(run) == [2, 4]
+
+
+def _truncate_biggest(directory):
+  files = [os.path.join(d, f) for d, _, fs in os.walk(directory) for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, "r+b") as f:
+    f.truncate(os.path.getsize(biggest) // 2)
 
 
 def _nan_at(step_with_nan):

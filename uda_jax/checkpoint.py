@@ -69,9 +69,14 @@ def read_any_topology(path: str):
 
 
 class Checkpoints:
-  def __init__(self, workdir: str, keep: int = 3):
+  """read_only (evaluation, prediction): never creates, cleans up or moves anything, so it can read the
+  workdir of a live training run without touching the save that run has in flight."""
+
+  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.workdir = os.path.abspath(workdir)
-    opts = dict(create=True, cleanup_tmp_directories=True)
+    self.read_only = read_only
+    self._skipped = set()  # read-only: unusable (manager, step) pairs, passed over instead of moved
+    opts = dict(create=not read_only, cleanup_tmp_directories=not read_only, read_only=read_only)
     self.last = ocp.CheckpointManager(
         os.path.join(self.workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts, multiprocessing_options=_prefix("last")))
@@ -108,6 +113,8 @@ class Checkpoints:
 
   def latest_step(self, which: str = "latest"):
     manager = self._manager(which)
+    if self._skipped:  # read-only after an unusable checkpoint (best/ keeps one: then there is none)
+      return max((s for s in manager.all_steps() if (which, s) not in self._skipped), default=None)
     return manager.best_step() if which == "best" else manager.latest_step()
 
   def metadata_differences(self, states, which: str = "latest") -> list[str]:
@@ -135,7 +142,11 @@ class Checkpoints:
         problem = f"non-finite values in {', '.join(bad)}"
       except Exception as e:  # pylint: disable=broad-except
         problem = _cause(e)
-      self._quarantine(manager, step, problem)
+      if self.read_only:
+        logging.warning("checkpoint %s/%d is unusable (%s); using the previous one", manager.directory, step, problem)
+        self._skipped.add((which, step))
+      else:
+        self._quarantine(manager, step, problem)
     return states, None
 
   def _quarantine(self, manager, step, problem):

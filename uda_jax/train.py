@@ -214,7 +214,7 @@ def restore_for_inference(config, workdir: str, mesh, what: str):
   states = steps.init_states(config, methods.get(config.method), mesh, shapes, pretrained=not has_checkpoint)
   if not has_checkpoint:
     return states, 0
-  ckpt = checkpoint.Checkpoints(workdir)
+  ckpt = checkpoint.Checkpoints(workdir, read_only=True)  # the workdir may belong to a live training run
   states, step = ckpt.restore(states, config.eval.checkpoint)
   ckpt.close()
   if step is None:
