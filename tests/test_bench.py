@@ -1,5 +1,8 @@
-"""`python -m uda_jax.bench --compare_torch`: the PyTorch twin of the benchmarked step (uda_jax/bench_torch.py)
-builds the same network as ours, runs the official iteration, and the CLI prints the ratio; at tiny sizes."""
+"""`python -m uda_jax.bench`: its printed fields (step time, images/s, FLOPs of the whole step, MFU against the
+peak table in uda_jax/peak_flops.py or a given peak, peak memory, input time and wait) on a tiny network, on random
+input and on the real toy pipeline; one-line errors; and --compare_torch: the PyTorch twin of the benchmarked step
+(uda_jax/bench_torch.py) builds the same network as ours, runs the official iteration, and the CLI prints the
+ratio; at tiny sizes."""
 
 import math
 import os
@@ -90,21 +93,26 @@ def test_cli_without_torch_is_a_one_line_error():
           "runpy.run_module('uda_jax.bench', run_name='__main__')")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT,
                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  assert out.returncode == 1
+  assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == f"error: {bench_torch.MISSING}"
   assert "pip install -e '.[torch]'" in bench_torch.MISSING
 
 
+def _bench_cli(*args):
+  """`python -m uda_jax.bench` on the tiny network; (completed process, {printed field: value})."""
+  out = subprocess.run(
+      [sys.executable, "-m", "uda_jax.bench", "--config", "configs/adaptsegnet.py:toy", "--config.model.width=8",
+       "--config.disc.channels=(8,8,8,8)", *args],
+      capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  printed = (line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+  return out, {k.strip(): v.strip() for k, v in printed}
+
+
 def test_cli_prints_both_step_times_and_the_ratio():
   pytest.importorskip("torch")
-  out = subprocess.run(
-      [sys.executable, "-m", "uda_jax.bench", "--config", "configs/adaptsegnet.py:toy", "--size", "32,64",
-       "--steps", "1", "--compare_torch", "--config.model.width=8", "--config.disc.channels=(8,8,8,8)",
-       "--config.data.batch_size=1", "--peak_tflops=0.05"],
-      capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  out, printed = _bench_cli("--size", "32,64", "--steps", "1", "--compare_torch", "--config.data.batch_size=1",
+                            "--peak_tflops=0.05")
   assert out.returncode == 0, out.stderr[-3000:]
-  printed = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
-  printed = {k.strip(): v.strip() for k, v in printed.items()}
   for key in ("step_s", "torch_step_s", "ratio_ours_over_torch", "torch_threads"):
     assert key in printed, out.stdout
   ours, theirs, ratio = (float(printed[k]) for k in ("step_s", "torch_step_s", "ratio_ours_over_torch"))
@@ -117,22 +125,97 @@ def test_cli_prints_both_step_times_and_the_ratio():
   assert float(printed["input_s"]) > 0 and 0 <= float(printed["input_wait_fraction"]) < 1
 
 
+def test_cli_prints_every_field_on_the_real_input_pipeline(toy_data_dir):
+  out, printed = _bench_cli(
+      "--input=pipeline", "--steps", "2", "--peak_tflops=0.05", f"--config.data.data_dir={toy_data_dir}",
+      "--config.data.source_size=(32,64)", "--config.data.target_size=(32,64)", "--config.data.batch_size=2",
+      "--size", "999,999")  # ignored: the pipeline's images set the shapes
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert printed["input"] == "pipeline" and printed["size"] == "32x64" and printed["batch"] == "2+2"
+  step_s, images, gflops, achieved, mfu = (float(printed[k]) for k in (
+      "step_s", "images_per_s", "gflops_per_step", "achieved_tflops_per_s", "mfu"))
+  assert step_s > 0 and gflops > 0
+  # Every rate follows from the printed step time, FLOPs and peak (6 significant digits printed).
+  assert images == pytest.approx(4 / step_s, rel=1e-4)
+  assert achieved == pytest.approx(gflops / step_s / 1e3, rel=1e-4)
+  assert mfu == pytest.approx(achieved / 0.05, rel=1e-4) and printed["peak_source"] == "--peak_tflops"
+  assert float(printed["peak_device_memory_gib"]) > 0 and "memory_analysis" in printed["peak_memory_source"]
+  assert float(printed["input_s"]) > 0 and math.isfinite(float(printed["input_wait_s"]))
+  assert 0 <= float(printed["input_wait_fraction"]) < 1
+
+
+def test_cli_mistakes_are_one_line_errors_with_exit_2():
+  for args, message in ((["--precision=fp8"], "error: flag --precision=fp8: value should be one of <fp32|tf32|bf16>"),
+                        (["--peak_tflops=0"], "error: flag --peak_tflops=0.0: --peak_tflops must be a positive number"),
+                        (["--size", "32x64"], "error: --size='32x64': give H,W, e.g. 256,512")):
+    out, _ = _bench_cli(*args, "--steps", "0")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [message], (args, out.stderr[-2000:])
+
+
+def test_flops_per_step_count_every_device():
+  """XLA's cost analysis of a data-parallel program counts one device's share; the step's FLOPs are all of them."""
+  code = """
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from uda_jax import bench
+mesh = jax.make_mesh((2,), ("d",))
+x = jax.device_put(jnp.ones((4, 64, 64)), NamedSharding(mesh, P("d")))
+compiled = jax.jit(lambda x: x @ x).lower(x).compile()
+print(jax.device_count(), bench._step_flops(compiled) / (2 * 4 * 64**3))
+"""
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu",
+                            "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  devices, ratio = out.stdout.split()
+  assert devices == "2" and float(ratio) == pytest.approx(1.0, rel=1e-3)
+
+
 def test_peak_table_matches_device_kinds_and_precisions():
   assert peak_flops.lookup("NVIDIA H100 80GB HBM3")[0] == "H100 SXM"
   assert peak_flops.lookup("NVIDIA H100 PCIe")[0] == "H100 PCIe"
+  assert peak_flops.lookup("NVIDIA H100 NVL")[0] == "H100 NVL"
+  assert peak_flops.lookup("NVIDIA H200 NVL")[0] == "H200 NVL"
+  assert peak_flops.lookup("NVIDIA GH200 480GB")[0] == "H200"
   assert peak_flops.lookup("NVIDIA A100-SXM4-40GB")[0] == "A100"
+  assert peak_flops.lookup("NVIDIA A100 80GB PCIe")[0] == "A100"
+  assert peak_flops.lookup("Tesla V100S-PCIE-32GB")[0] == "V100S PCIe"
   assert peak_flops.lookup("TPU v5 lite")[0] == "TPU v5e" and peak_flops.lookup("TPU v6 lite")[0] == "TPU v6e"
-  assert peak_flops.lookup("TPU v5")[0] == "TPU v5p" and peak_flops.lookup("cpu") is None
+  assert peak_flops.lookup("TPU v5")[0] == "TPU v5p" and peak_flops.lookup("TPU v5p")[0] == "TPU v5p"
+  assert peak_flops.lookup("TPU  v4")[0] == "TPU v4"
+  for unknown in ("cpu", "TPU v4 lite", "TPU v3", "NVIDIA GeForce RTX 4090", "NVIDIA A10", ""):
+    assert peak_flops.lookup(unknown) is None and peak_flops.peak_tflops(unknown, "bf16") is None, unknown
+  for _, name, peaks in peak_flops.PEAKS:  # every GPU with bf16 tensor cores: bf16 > tf32 > fp32
+    if not name.startswith("TPU") and "bf16" in peaks:
+      assert peaks["fp32"] < peaks["tf32"] < peaks["bf16"], name
   for kind in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"):
-    p = {x: peak_flops.peak_tflops(kind, x) for x in peak_flops.PRECISIONS}
-    assert p["fp32"] < p["tf32"] < p["bf16"], kind
     assert peak_flops.default_precision("float32", kind) == "tf32"
+    assert peak_flops.default_precision("float32", kind, reduced_f32=False) == "fp32"  # precision 'highest'
+    assert peak_flops.default_precision("bfloat16", kind) == "bf16"
   assert peak_flops.peak_tflops("NVIDIA H200", "bf16") == peak_flops.peak_tflops("NVIDIA H100 80GB HBM3", "bf16")
   assert peak_flops.default_precision("float32", "Tesla V100-SXM2-16GB") == "fp32"
   assert peak_flops.peak_tflops("Tesla V100-SXM2-16GB", "bf16") is None
   assert peak_flops.default_precision("float32", "TPU v4") == "bf16"  # one bf16 pass, JAX's default on TPU
   assert peak_flops.peak_tflops("TPU v4", "fp32") == peak_flops.peak_tflops("TPU v4", "bf16")
-  assert peak_flops.default_precision("bfloat16", "cpu") == "bf16"
+  assert peak_flops.default_precision("float64", "NVIDIA H100 80GB HBM3") == "fp64"
+  assert peak_flops.peak_tflops("NVIDIA H100 80GB HBM3", "fp64") is None
+
+
+def test_peak_resolution_says_where_the_peak_comes_from(monkeypatch):
+  c = _config()
+  assert bench.resolve_peak(c, given=2.5) == (2.5, "--peak_tflops")
+  assert bench.resolve_peak(c) == (None, "no table entry for 'cpu'")  # this machine: a CPU
+  h100 = "NVIDIA H100 80GB HBM3"
+  peak = {p: peak_flops.peak_tflops(h100, p) for p in peak_flops.PRECISIONS}
+  assert bench.resolve_peak(c, device_kind=h100) == (peak["tf32"], "table: H100 SXM tf32")  # float32: TF32
+  assert bench.resolve_peak(c, precision="bf16", device_kind=h100) == (peak["bf16"], "table: H100 SXM bf16")
+  with jax.default_matmul_precision("highest"):
+    assert bench.resolve_peak(c, device_kind=h100) == (peak["fp32"], "table: H100 SXM fp32")
+  monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+  assert bench.resolve_peak(c, device_kind=h100)[1] == "table: H100 SXM fp32"
+  c.model.dtype = "bfloat16"
+  assert bench.resolve_peak(c, device_kind=h100)[1] == "table: H100 SXM bf16"
+  assert bench.resolve_peak(c, device_kind="Tesla V100-SXM2-16GB") == (None, "table: V100 SXM2 has no bf16 figure")
 
 
 def test_benchmark_on_the_real_input_pipeline_reports_the_input_wait(tiny_toy_config):

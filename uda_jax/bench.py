@@ -5,28 +5,42 @@
   python -m uda_jax.bench --config configs/adaptsegnet.py:toy --input=pipeline --steps 5
   python -m uda_jax.bench --config configs/fada.py --size 720,1280 --target_size 512,1024 --steps 0
 
-MFU = XLA's FLOPs of the compiled step / step time / (peak per device x devices). The peak comes from
-uda_jax/peak_flops.py (V100 ... H200, TPU v4 ... v6e; the precision model.dtype runs at, --precision to pick
-another), from --peak_tflops, or, on a CPU, from --measure_peak (a float32 matmul). Peak memory is the device's
-peak_bytes_in_use where the runtime reports it (GPU, TPU), else XLA's memory analysis of the step. input_s is
-the host time to produce and transfer one batch; input_wait_s the time per step the device sat waiting for it
-when batches are fed as the train loop feeds them (random arrays, or --input=pipeline: the config's real
-tf.data input, whose shapes replace --size).
+Runs the real jitted, data-parallel step of `config.method`, so any config and batch size: global batch
+config.data.batch_size source + as many target images (--config.data.batch_size=8 for 8+8). By default
+(--input=random) the inputs are seeded random arrays of --size / --target_size, so no dataset is needed;
+--input=pipeline feeds the config's real training input (uda_jax.data.pipeline.train_iterator: tf.data,
+decoding, augmentation, as the train loop does), and the batch shapes then come from the data (config.data
+source_size / target_size and the augmentation), not from --size. The toy dataset is generated into
+config.data.data_dir on first use. --steps 0 compiles only and reports the FLOPs and XLA's memory analysis (for
+sizes too large to run on this machine); the timed fields are then absent and MFU is n/a.
 
-Runs the real jitted, data-parallel step of `config.method` on random inputs of the given sizes, so it needs no
-dataset. Global batch: config.data.batch_size source + as many target images (--config.data.batch_size=1 for
-1+1). --steps 0 compiles only and reports the XLA-counted FLOPs (sizes too large to run on this machine).
+Printed fields:
+  step_s, images_per_s    median compute time of one step (the batch already on the devices, each step waited for)
+  gflops_per_step         XLA's cost analysis of the compiled step, per device x devices (the whole global step)
+  mfu                     gflops_per_step / step_s / (peak per device x devices). The peak comes from
+                          uda_jax/peak_flops.py (V100 ... H200, TPU v4 ... v6e) at the precision model.dtype runs
+                          at on the device (--precision to pick another), or from --peak_tflops, or, on a CPU,
+                          from --measure_peak (the best of a few 2048x2048 float32 matmuls). n/a when none is known.
+  peak_device_memory_gib  device 0's peak_bytes_in_use where the runtime reports it (GPU, TPU), else XLA's memory
+                          analysis of the step (CPU); peak_memory_source says which.
+  input_s                 median host time per step to produce a batch and place it on the devices: next(iterator)
+                          + parallel.global_batch (with random input, only the transfer: the arrays are ready)
+  input_wait_s            time per step the devices sat waiting for input when batches are fed as the train loop
+                          feeds them (the next batch is read while the previous step runs): fed step time - step_s,
+                          and input_wait_fraction, its share of the fed step time. 0 when the host keeps up.
 
 --compare_torch also times the official PyTorch iteration of the same network on the same inputs in this
 process (uda_jax/bench_torch.py; needs the optional extra: pip install -e '.[torch]') and prints its median
 step time and the ratio ours / torch:
 
   python -m uda_jax.bench --config configs/adaptsegnet.py --size 256,512 --steps 3 --compare_torch
+
+A mistake in the flags or the config (a bad --precision, a batch the devices do not divide, a missing dataset)
+is one line on stderr and exit status 2.
 """
 
 import itertools
 import os
-import sys
 import time
 
 import jax
@@ -35,14 +49,14 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from uda_jax import methods, parallel, peak_flops, steps, xla_flags
+from uda_jax import cli, methods, parallel, peak_flops, steps, xla_flags
 from uda_jax.data import pipeline
 from uda_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:presets].", lock_config=True)
 _SIZE = flags.DEFINE_string("size", "256,512", "H,W of the source (and, by default, target) images.")
 _TARGET_SIZE = flags.DEFINE_string("target_size", "", "H,W of the target images if they differ.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps after one warm-up step; 0 compiles only.", lower_bound=0)
 _INPUT = flags.DEFINE_enum("input", "random", ["random", "pipeline"],
                            "random: seeded random arrays of --size; pipeline: the config's real training input "
                            "(tf.data, decoding, augmentation; shapes from the data, --size ignored).")
@@ -53,12 +67,13 @@ _PRECISION = flags.DEFINE_enum("precision", None, list(peak_flops.PRECISIONS),
 _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "Also time the official PyTorch iteration of the same network on the same inputs "
     "(needs: pip install -e '.[torch]') and print the ratio of the step times.")
+flags.register_validator("peak_tflops", lambda v: v is None or v > 0, "--peak_tflops must be a positive number")
 
 
-def random_batch(config, size, target_size=None):
-  """The benchmark's inputs: config.data.batch_size random source images with labels (about 5% ignored, 255)
-  and as many target images, NHWC; seeded, so every call returns the same batch."""
-  b = config.data.batch_size
+def random_batch(config, size, target_size=None, num_images=None):
+  """The benchmark's inputs: `num_images` (default config.data.batch_size) random source images with labels
+  (about 5% ignored, 255) and as many target images, NHWC; seeded, so every call returns the same batch."""
+  b = num_images or config.data.batch_size
   rng = np.random.default_rng(0)
   label = rng.integers(0, config.model.num_classes, (b, *size)).astype(np.int32)
   label[rng.random((b, *size)) < 0.05] = 255
@@ -66,64 +81,51 @@ def random_batch(config, size, target_size=None):
           "target_image": rng.normal(size=(b, *(target_size or size), 3)).astype(np.float32)}
 
 
+def _batches(config, input_mode, size, target_size):
+  """start_step -> iterator of this process's share of the global batch, as the train loop reads them."""
+  if input_mode == "pipeline":
+    return lambda start: pipeline.train_iterator(config.data, seed=config.seed, start_step=start,
+                                                 process_index=jax.process_index(),
+                                                 process_count=jax.process_count())
+  batch = random_batch(config, size, target_size, config.data.batch_size // jax.process_count())
+  return lambda start: itertools.repeat(batch)
+
+
 def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None):
-  """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown)."""
+  """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown).
+  With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them."""
   method = methods.get(config.method)
   mesh = parallel.make_mesh()
   b = config.data.batch_size
-  if input_mode == "pipeline":
-    local = pipeline.train_iterator(config.data, seed=config.seed, start_step=0,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
-    batch = next(local)
-    size, target_size = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
-    target_size = None if target_size == size else target_size
-  else:
-    batch = random_batch(config, size, target_size)
-    local = itertools.repeat(batch)
+  parallel.check_batch_divisible(b, mesh, "data.batch_size")
+  batches = _batches(config, input_mode, size, target_size)
+  first_batches = batches(0)
+  batch = next(first_batches)  # sizes the states (and, from the data, the images)
+  # Timed input comes from a fresh iterator (_time_fed): this one would have prefetched batches during the
+  # compile, and a few steps drawn from its buffer would hide a slow pipeline.
+  getattr(first_batches, "close", lambda: None)()
+  size, target_size = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
+  target_size = None if target_size == size else target_size
   states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
   images = b if config.method == "source_only" else 2 * b  # source only never reads the target images
-  step_fn = steps.make_train_step(method, config, mesh)
   gb = parallel.global_batch(batch, mesh)
   t0 = time.perf_counter()
-  compiled = step_fn.lower(states, gb, jnp.int32(0)).compile()
-  compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  compiled = steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0)).compile()
   info = {"devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "method": config.method,
           "dtype": config.model.dtype,
           "size": f"{size[0]}x{size[1]}" + (f" + {target_size[0]}x{target_size[1]}" if target_size else ""),
-          "batch": f"{b}+{b}" if images == 2 * b else f"{b}", "input": input_mode, "compile_s": compile_s,
-          "gflops_per_step": flops / 1e9, **_memory(compiled)}
+          "batch": f"{b}+{b}" if images == 2 * b else f"{b}", "input": input_mode,
+          "compile_s": time.perf_counter() - t0, "gflops_per_step": _step_flops(compiled) / 1e9,
+          **_memory_analysis(compiled)}
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
-  states, m = compiled(states, gb, jnp.int32(0))
-  jax.block_until_ready(m)
-  times = []
-  for i in range(num_steps):  # compute alone: the same device-resident batch, each step waited for
-    t0 = time.perf_counter()
-    states, m = compiled(states, gb, jnp.int32(i + 1))
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
-  # As the train loop runs: the next batch is read and transferred while the device works on the previous step,
-  # so the step waits for input only when the host is slower than the device.
-  input_times = []
-  t_loop = time.perf_counter()
-  for i in range(num_steps):
-    t0 = time.perf_counter()
-    gb = parallel.global_batch(next(local), mesh)
-    input_times.append(time.perf_counter() - t0)
-    states, m = compiled(states, gb, jnp.int32(num_steps + i + 1))
-  jax.block_until_ready(m)
-  loop_s = (time.perf_counter() - t_loop) / num_steps
-  achieved = flops / step_s
+  states, step_s = _time_compute(compiled, states, gb, num_steps)
+  input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
+  wait_s = max(0.0, fed_s - step_s)  # below 0 is timing noise: the host kept up
+  achieved = info["gflops_per_step"] * 1e9 / step_s
   info.update({"xla_flags": os.environ.get("XLA_FLAGS", ""), "step_s": step_s, "images_per_s": images / step_s,
-               "achieved_tflops_per_s": achieved / 1e12, "input_s": float(np.median(input_times)),
-               "input_wait_s": max(0.0, loop_s - step_s), "input_wait_fraction": max(0.0, loop_s - step_s) / loop_s})
-  if memory_stats := jax.devices()[0].memory_stats():
-    info["peak_device_memory_gib"] = memory_stats.get("peak_bytes_in_use", float("nan")) / 2**30
-    info["peak_memory_source"] = "device memory_stats (peak_bytes_in_use)"
+               "achieved_tflops_per_s": achieved / 1e12, "input_s": input_s, "input_wait_s": wait_s,
+               "input_wait_fraction": wait_s / fed_s, **_runtime_peak_memory()})
   if peak:
     info["peak_tflops_per_device"] = peak
     info["mfu"] = achieved / (peak * 1e12 * jax.device_count())
@@ -132,17 +134,66 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   return info
 
 
-def _memory(compiled) -> dict:
+def _step_flops(compiled) -> float:
+  """FLOPs of one global step. XLA's cost analysis counts the partitioned program one device runs, and every
+  device runs it on its share of the batch, so the step is that times the device count."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  per_device = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  return per_device * jax.device_count()
+
+
+def _time_compute(compiled, states, gb, num_steps):
+  """(states, median step time) on one device-resident batch, one warm-up step first, each step waited for."""
+  states, m = compiled(states, gb, jnp.int32(0))
+  jax.block_until_ready(m)
+  times = []
+  for i in range(num_steps):
+    t0 = time.perf_counter()
+    states, m = compiled(states, gb, jnp.int32(i + 1))
+    jax.block_until_ready(m)
+    times.append(time.perf_counter() - t0)
+  return states, float(np.median(times))
+
+
+def _time_fed(compiled, states, mesh, local, num_steps):
+  """(median time of next(local) + global_batch, mean wall time per step) with batches fed as the train loop
+  feeds them: dispatch is asynchronous, so the next batch is read while the device runs the previous step and
+  a step waits for its input only when the host is slower than the device."""
+  jax.block_until_ready(parallel.global_batch(next(local), mesh))  # untimed: a fresh pipeline's start-up
+  input_times = []
+  t_loop = time.perf_counter()
+  for i in range(num_steps):
+    t0 = time.perf_counter()
+    gb = parallel.global_batch(next(local), mesh)
+    input_times.append(time.perf_counter() - t0)
+    states, m = compiled(states, gb, jnp.int32(num_steps + i + 1))
+  jax.block_until_ready(m)
+  getattr(local, "close", lambda: None)()
+  return float(np.median(input_times)), (time.perf_counter() - t_loop) / num_steps
+
+
+def _memory_analysis(compiled) -> dict:
   """XLA's memory analysis of the compiled step (per device): what it needs besides the runtime's own."""
   try:
     m = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # pylint: disable=broad-except  # not every backend implements it
     return {}
   if m is None:
     return {}
   total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   return {"peak_device_memory_gib": total / 2**30,
           "peak_memory_source": "XLA memory_analysis (arguments + outputs + temporaries - donated)"}
+
+
+def _runtime_peak_memory() -> dict:
+  """Device 0's peak allocation so far, where the runtime tracks it (GPU, TPU; a CPU's memory_stats is None);
+  it then replaces the memory analysis."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" not in stats:
+    return {}
+  return {"peak_device_memory_gib": stats["peak_bytes_in_use"] / 2**30,
+          "peak_memory_source": "device memory_stats (peak_bytes_in_use)"}
 
 
 def measure_peak_tflops(n: int = 2048, repeats: int = 5) -> float:
@@ -160,41 +211,66 @@ def _timed(f, x):
   return time.perf_counter() - t0
 
 
-def resolve_peak(config, given=None, measure=False, precision=None):
-  """(TFLOP/s per device or None, how it was obtained)."""
+def resolve_peak(config, given=None, measure=False, precision=None, device_kind=None):
+  """(TFLOP/s per device or None, how it was obtained, or why there is none); device_kind: device 0's."""
   if given:
     return given, "--peak_tflops"
   if measure:
     return measure_peak_tflops(), "measured (float32 matmul)"
-  kind = jax.devices()[0].device_kind
-  precision = precision or peak_flops.default_precision(config.model.dtype, kind)
-  found = peak_flops.peak_tflops(kind, precision)
-  return found, (f"table: {peak_flops.lookup(kind)[0]} {precision}" if found else f"unknown for {kind!r}")
+  kind = device_kind or jax.devices()[0].device_kind
+  precision = precision or peak_flops.default_precision(config.model.dtype, kind, _reduced_f32())
+  found = peak_flops.lookup(kind)
+  if found is None:
+    return None, f"no table entry for {kind!r}"
+  peak = peak_flops.peak_tflops(kind, precision)
+  return peak, (f"table: {found[0]} {precision}" if peak else f"table: {found[0]} has no {precision} figure")
+
+
+def _reduced_f32() -> bool:
+  """Whether float32 convolutions and matmuls may run at reduced precision. JAX's default matmul precision
+  (jax_default_matmul_precision unset) lets XLA use TF32 tensor cores on Ampere and later GPUs and one bf16 pass
+  on TPUs; 'highest' / 'float32' asks for full float32, and NVIDIA_TF32_OVERRIDE=0 turns TF32 off in cuBLAS and
+  cuDNN."""
+  setting = str(jax.config.jax_default_matmul_precision or "default").lower()
+  return setting not in ("highest", "float32", "f32_f32_f32") and os.environ.get("NVIDIA_TF32_OVERRIDE") != "0"
+
+
+def _parse_size(value, flag):
+  try:
+    h, w = (int(s) for s in value.split(","))
+  except ValueError:
+    raise UserError(f"--{flag}={value!r}: give H,W, e.g. 256,512") from None
+  if h <= 0 or w <= 0:
+    raise UserError(f"--{flag}={value!r}: both sides must be positive")
+  return h, w
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   xla_flags.apply(xla_flags.ENABLED.value)  # before the first device is touched
-  size = tuple(int(s) for s in _SIZE.value.split(","))
-  target = tuple(int(s) for s in _TARGET_SIZE.value.split(",")) if _TARGET_SIZE.value else None
   config = _CONFIG.value
-  if _COMPARE_TORCH.value:  # fail before the long part: a missing torch or an unsupported config
-    from uda_jax import bench_torch  # pylint: disable=g-import-not-at-top
-    try:
+  try:
+    size = _parse_size(_SIZE.value, "size")
+    target = _parse_size(_TARGET_SIZE.value, "target_size") if _TARGET_SIZE.value else None
+    if _COMPARE_TORCH.value:  # fail before the long part: a missing torch or an unsupported config
+      if _INPUT.value != "random":
+        raise UserError("--compare_torch times both steps on the same random inputs: use --input=random")
+      from uda_jax import bench_torch  # pylint: disable=g-import-not-at-top
       bench_torch.check(config, _STEPS.value)
-    except UserError as e:
-      sys.exit(f"error: {e}")
-  peak, source = resolve_peak(config, _PEAK_TFLOPS.value, _MEASURE_PEAK.value, _PRECISION.value)
-  r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak)
+    peak, source = resolve_peak(config, _PEAK_TFLOPS.value, _MEASURE_PEAK.value, _PRECISION.value)
+    r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak)
+  except UserError as e:
+    cli.exit_with_user_error(e)
   r["peak_source"] = source
   if _COMPARE_TORCH.value:
     t = bench_torch.benchmark(config, random_batch(config, size, target), _STEPS.value)
     r = {**r, "torch": t["torch_version"], "torch_threads": t["torch_threads"], "torch_step_s": t["torch_step_s"],
          "ratio_ours_over_torch": r["step_s"] / t["torch_step_s"]}
   for k, v in r.items():
-    print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}")
+    print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}", flush=True)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
