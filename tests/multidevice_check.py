@@ -38,10 +38,17 @@ def run_eval(devices, config, seg_state, batches):
 
 def main():
   assert jax.device_count() == 4, jax.devices()
-  c = adaptsegnet.get_config("toy")
+  mode = sys.argv[1] if len(sys.argv) > 1 else "frozen"
+  if mode == "jal_wtm":  # JAL + WTM's five states, the WTMs at a learning rate that moves them
+    import jal_wtm  # pylint: disable=g-import-not-at-top
+    c = jal_wtm.get_config("toy")
+    c.optim.wtm_lr = 1.0
+    mode = "frozen"
+  else:
+    c = adaptsegnet.get_config("toy")
   c.model.width = 8
   c.disc.channels = (8, 8, 8, 8)
-  c.model.bn_mode = sys.argv[1] if len(sys.argv) > 1 else "frozen"
+  c.model.bn_mode = mode
   c.optim.train_bn = c.model.bn_mode == "sync"  # FADA self-distillation: SyncBN with trained scale / shift
   batch = random_batch(batch=4)
   one, m1 = run(jax.devices()[:1], c, batch)

@@ -40,3 +40,15 @@ def test_synchronised_batchnorm_on_four_devices_equals_one_device():
     assert float(a) == pytest.approx(float(b), rel=1e-4, abs=1e-6), name
   (_, _, stats, _, affine), = [r for r in rows if r[0] == "moved"]
   assert float(stats) > 0 and float(affine) > 0
+
+
+def test_jal_wtm_on_four_devices_equals_one_device():
+  rows = _run("jal_wtm", "no_eval")
+  states = [r for r in rows if r[0] == "state"]
+  assert {r[1] for r in states} == {"seg", "d_main", "d_aux", "d_wtm", "wtm"}
+  for _, name, _, diff, _, scale, _, where in states:
+    assert float(diff) <= 1e-5 * max(float(scale), 1.0), (name, diff, where)
+  metrics = {r[1]: (float(r[2]), float(r[3])) for r in rows if r[0] == "metric"}
+  assert {"loss_wtm", "adv_jal", "loss_d_wtm"} <= set(metrics)
+  for name, (a, b) in metrics.items():
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-6), name

@@ -11,7 +11,7 @@ TOY_CLASSES = (0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 13)
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada
+  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada | jal_wtm
   c.seed = 0
   # Directory written by `python -m uda_jax.tools.import_torch` (pretrained weights), or the workdir of an earlier
   # stage's run (its latest checkpoint: segmenter and same-named discriminators; optimizers and step restart).
@@ -42,6 +42,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.disc.channels = (64, 128, 256, 512)  # fc: then a 1-channel 4x4 conv
   c.disc.width = 256  # pixel: 3x3 convs of width and width // 2, then two 3x3 heads (source, target)
   c.disc.input = "output"  # output (softmax of logits) | features (backbone layer4: "Ours (feature)")
+  # JAL + WTM Table 3 variants, for any scheme: channels (fc) / width (pixel) x width_mult; front 'aspp' (DeepLab
+  # ASPP ahead of the fc convs); count: independently initialised discriminators on the high-level (main) output,
+  # trained alike, the segmenter's adversarial loss averaged over them (1 = the baseline's single one).
+  c.disc.width_mult = 1
+  c.disc.front = "none"
+  c.disc.count = 1
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lambda_seg_main = 1.0
@@ -54,6 +60,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.temperature = 1.8  # T of eq. 8
   c.loss.confidence = 0.9  # soft: clip threshold (1.0 = none, Table 6); hard: keep pixels at or above it
   c.loss.seg_on_scaled_logits = True  # FADA as run: segmentation CE on logits / T; False: eq. 3's plain logits
+  # JAL + WTM (methods/jal_wtm.py): eq. 5 (high-level target output through the low-level discriminator) and its
+  # weight (not given by the paper: the high-level adversarial weight); decoders with a weight transfer module
+  # ('aux' = Dec1, 'main' = Dec2) and eq. 9's weights; whether eq. 9 also trains the original decoders' weights.
+  c.loss.jal = False
+  c.loss.lambda_adv_jal = 1e-3
+  c.loss.wtm_levels = ()
+  c.loss.lambda_adv_wtm_main = 1e-3
+  c.loss.lambda_adv_wtm_aux = 2e-4
+  c.loss.wtm_to_decoder = False
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2.5e-4
@@ -71,6 +86,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.d_lr = 1e-4
   c.optim.d_b1 = 0.9
   c.optim.d_b2 = 0.99
+  c.optim.wtm_lr = 1e-4  # JAL + WTM: SGD of the weight transfer modules, same poly schedule
+  c.optim.wtm_momentum = 0.9
+  c.optim.wtm_weight_decay = 0.0
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ""  # TFDS data_dir ('' = TFDS default); may be a bucket path
@@ -106,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   # (written but commented out in its test.py) uses scales (0.7, 1.0, 1.3) with flip, averaging softmaxes.
   c.eval.scales = (1.0,)
   c.eval.flip = False
+  # JAL + WTM evaluates the transferred decoder DecT2; True also evaluates the original Dec2 in the same pass
+  # (its mIoU as the 'Dec2 mIoU' column of every result table).
+  c.eval.original_decoder = False
   c.eval.num_images = 8  # colourised predictions of the first N eval images: workdir/predictions + TensorBoard
 
   # --mode=predict (uda_jax/predict.py): label PNGs of eval.checkpoint (or init_from) at eval.scales / eval.flip,

@@ -83,21 +83,28 @@ def summarize(cm: np.ndarray, class_names, subset=None, extra_means=None) -> dic
   }
 
 
-def run(seg_state, eval_step, batches, mesh, num_samples: int = 0):
+def run(seg_states, eval_step, batches, mesh, num_samples: int = 0):
   """Accumulates the confusion matrix over `batches` (process-local numpy dicts with a 'mask').
 
-  Returns (cm, samples): samples are (image, label, prediction) numpy triples of the first `num_samples`
-  unpadded examples this process evaluated (with one process: the first images of the split).
+  `seg_states` is one segmenter, or {name: segmenter} evaluated on the same batches in one pass over the data.
+  Returns (cm, or {name: cm}, samples): samples are (image, label, prediction) numpy triples of the first
+  `num_samples` unpadded examples this process evaluated (with one process: the first images of the split), the
+  prediction being the first segmenter's.
   """
   from uda_jax import parallel  # pylint: disable=g-import-not-at-top
-  total, samples = None, []
+  many = isinstance(seg_states, dict)
+  segs = seg_states if many else {"": seg_states}
+  totals, samples = {}, []
   for batch in batches:
-    out = eval_step(seg_state, parallel.global_batch(batch, mesh))
-    total = out["cm"] if total is None else total + out["cm"]
-    if len(samples) < num_samples:
-      pred = np.asarray(multihost_utils.global_array_to_host_local_array(out["pred"], mesh, P(AXIS)))
-      for i in np.flatnonzero(batch["mask"])[: num_samples - len(samples)]:
-        samples.append((batch["image"][i], batch["label"][i], pred[i]))
-  if total is None:
+    global_batch = parallel.global_batch(batch, mesh)
+    for i, (name, seg) in enumerate(segs.items()):
+      out = eval_step(seg, global_batch)
+      totals[name] = out["cm"] + totals[name] if name in totals else out["cm"]
+      if i == 0 and len(samples) < num_samples:
+        pred = np.asarray(multihost_utils.global_array_to_host_local_array(out["pred"], mesh, P(AXIS)))
+        for j in np.flatnonzero(batch["mask"])[: num_samples - len(samples)]:
+          samples.append((batch["image"][j], batch["label"][j], pred[j]))
+  if not totals:
     raise ValueError("the evaluation split yielded no batches")
-  return np.asarray(jax.device_get(total)), samples
+  cms = {name: np.asarray(jax.device_get(cm)) for name, cm in totals.items()}
+  return (cms if many else cms[""]), samples

@@ -45,6 +45,13 @@ def discriminator_adam(optim_cfg):
   return optax.adam(schedule, b1=optim_cfg.d_b1, b2=optim_cfg.d_b2)
 
 
+def wtm_sgd(optim_cfg):
+  """JAL + WTM's weight transfer modules: SGD (momentum, weight decay 0 in the paper), poly schedule."""
+  schedule = poly(optim_cfg.wtm_lr, optim_cfg.decay_steps, optim_cfg.power)
+  return optax.chain(optax.add_decayed_weights(optim_cfg.wtm_weight_decay),
+                     optax.sgd(schedule, optim_cfg.wtm_momentum))
+
+
 def learning_rates(optim_cfg, step):
   """Current learning rates for logging."""
   lr = poly(optim_cfg.lr, optim_cfg.decay_steps, optim_cfg.power)(step)

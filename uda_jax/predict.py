@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from uda_jax import evaluate, files, parallel, visualize
+from uda_jax import evaluate, files, methods, parallel, visualize
 from uda_jax.data import augment, labels, pipeline
 from uda_jax.errors import UserError
 from uda_jax.parallel import AXIS
@@ -97,7 +97,7 @@ def run(config, workdir: str, restore) -> str:
     raise UserError(f"predict.output_dir {out} already holds {held}; choose another --config.predict.output_dir "
                     "or remove that directory")
 
-  step_fn = _make_step(config, mesh, states["seg"])
+  step_fn = _make_step(config, mesh, methods.headline_segmenter(config, states))
   batches = _folder_batches(config, items) if source.folder else _split_batches(config, source)
   tmp = f"{out}.tmp-{uuid.uuid4().hex[:8]}"
   writer = jax.process_index() == 0

@@ -31,14 +31,19 @@ def _class_set(config):
   return names, palette
 
 
-def run_eval(config, seg_state, eval_step, mesh):
-  """(summary, samples) of one pass over the eval split; samples feed `report`'s colourised predictions."""
+def run_eval(config, states, eval_step, mesh):
+  """(summary, samples) of one pass over the eval split; samples feed `report`'s colourised predictions. The
+  summary is the method's headline segmenter's (methods.segmenters); any other one's mIoU and extra means
+  join it as extra columns named '<segmenter> <mean>'."""
   batches = pipeline.eval_iterator(config.data, process_index=jax.process_index(),
                                    process_count=jax.process_count())
-  cm, samples = evaluate.run(seg_state, eval_step, batches, mesh, config.eval.num_images)
+  cms, samples = evaluate.run(methods.segmenters(config, states), eval_step, batches, mesh, config.eval.num_images)
   names, _ = _class_set(config)
-  summary = evaluate.summarize(cm, names, tuple(config.eval.class_subset) or None,
-                               labels.EXTRA_MEANS.get(config.eval.class_set))
+  summaries = [(name, evaluate.summarize(cm, names, tuple(config.eval.class_subset) or None,
+                                         labels.EXTRA_MEANS.get(config.eval.class_set))) for name, cm in cms.items()]
+  (_, summary), others = summaries[0], summaries[1:]
+  for name, other in others:
+    summary["extra"].update({f"{name} mIoU": other["mIoU"], **{f"{name} {k}": v for k, v in other["extra"].items()}})
   return summary, samples
 
 
@@ -87,7 +92,7 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
 
   def evaluate_and_keep_best(done):
     nonlocal summary, samples
-    summary, samples = run_eval(config, states["seg"], eval_step, mesh)
+    summary, samples = run_eval(config, states, eval_step, mesh)
     ckpt.save_if_best(done, states, summary["mIoU"])
     _write_eval(config, workdir, writer, done, summary, samples)
     logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
@@ -134,7 +139,7 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
   ckpt.close()
 
   if summary is None:  # resumed after the last step: evaluate the final state once more
-    summary, samples = run_eval(config, states["seg"], eval_step, mesh)
+    summary, samples = run_eval(config, states, eval_step, mesh)
   report(config, workdir, summary, samples, num_steps, "eval_final")
   writer.close()
   return states, summary
@@ -198,7 +203,7 @@ def evaluate_checkpoint(config, workdir: str):
   n = pipeline.num_eval_examples(config.data)
   states, step = restore_for_inference(config, workdir, mesh, "evaluate")
   t0 = time.time()
-  summary, samples = run_eval(config, states["seg"], steps.make_eval_step(config, mesh), mesh)
+  summary, samples = run_eval(config, states, steps.make_eval_step(config, mesh), mesh)
   logging.info("evaluated %d images in %.1f s", n, time.time() - t0)
   report(config, workdir, summary, samples, step, f"eval_{config.eval.checkpoint}_step{step}")
   return summary

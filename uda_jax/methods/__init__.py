@@ -1,12 +1,28 @@
 """Schemes by name. Each module provides create_states(config, rng, shapes) and
-losses(params, states, batch, rng, config, axis_name) -> ({state name: loss}, {'batch_stats', 'metrics'})."""
+losses(params, states, batch, rng, config, axis_name) -> ({state name: loss}, {'batch_stats', 'metrics'}); and
+optionally inference_segmenters(config, states) (see `segmenters`)."""
 
 import importlib
 
-METHODS = ("source_only", "adaptsegnet", "fada")
+METHODS = ("source_only", "adaptsegnet", "fada", "jal_wtm")
 
 
 def get(name: str):
   if name not in METHODS:
     raise ValueError(f"config.method {name!r} is not known; choose one of {', '.join(METHODS)}")
   return importlib.import_module(f"uda_jax.methods.{name}")
+
+
+def segmenters(config, states) -> dict:
+  """{name: segmenter TrainState} that evaluation, prediction and CCD use, the headline first: the trained
+  'seg' state, or what the method evaluates instead (JAL + WTM: the transferred decoder DecT2, and with
+  eval.original_decoder also Dec2). Names after the first prefix their extra result columns."""
+  module = get(config.method)
+  if hasattr(module, "inference_segmenters"):
+    return module.inference_segmenters(config, states)
+  return {"": states["seg"]}
+
+
+def headline_segmenter(config, states):
+  """The segmenter --mode=predict and CCD use: the first of `segmenters`."""
+  return next(iter(segmenters(config, states).values()))

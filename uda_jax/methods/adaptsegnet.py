@@ -6,27 +6,42 @@ Per level i (main = conv5 / 'layer6', aux = conv4 / 'layer5'), with P = softmax 
   discriminator  0.5 loss(D_i(P_s), source) + 0.5 loss(D_i(P_t), target)        Eq. (2); LS-GAN Eq. (7)
 Official-code conventions: source label 0, target label 1; the discriminator sees detached predictions;
 the adversarial loss does not update the discriminator. "Ours (feature)": D_i sees backbone features instead.
+disc.count > 1 puts that many discriminators on the main level (JAL + WTM Table 3), L_adv averaged over them.
 Each entry of the returned dict is the loss of the state of that name and nothing else: the
 stop_gradients below make the gradient of the summed losses route each term to exactly one state.
+The pieces (`forward`, `fool`, `discriminator_loss`, `output_space`) are what JAL + WTM builds on.
 """
 
 import jax
 import jax.numpy as jnp
 
+from uda_jax.errors import UserError
 from uda_jax.losses import SOURCE, TARGET, gan_loss
 from uda_jax.methods import common
 
 
-def disc_name(level):
-  return f"d_{level}"
+def disc_names(config, level) -> list[str]:
+  """The discriminators of a level: d_main, d_main_1, ... (disc.count on the main level), d_aux."""
+  count = config.disc.count if level == "main" else 1
+  return [f"d_{level}"] + [f"d_{level}_{j}" for j in range(1, count)]
 
 
 def create_states(config, rng, shapes):
+  if config.loss.jal or config.loss.wtm_levels:
+    raise UserError(f"loss.jal={config.loss.jal} / loss.wtm_levels={tuple(config.loss.wtm_levels)!r} belong to "
+                    "method 'jal_wtm' (configs/jal_wtm.py), not 'adaptsegnet'")
   k_seg, *k_d = jax.random.split(rng, 3)
   seg = common.create_segmenter_state(config, k_seg, shapes["source_image"], shapes.get("axis_name"))
-  states = {"seg": seg}
-  for level, key in zip(common.levels(config), k_d):
-    states[disc_name(level)] = common.create_discriminator_state(config, key, _disc_input_shape(config, seg, shapes))
+  return {"seg": seg, **create_discriminators(config, k_d, _disc_input_shape(config, seg, shapes))}
+
+
+def create_discriminators(config, keys, input_shape):
+  """Every level's discriminators: the first of level i from keys[i], the extra ones (disc.count) from keys[i]
+  folded with their index, so adding one changes no other's initialisation."""
+  states = {}
+  for level, key in zip(common.levels(config), keys):
+    for j, n in enumerate(disc_names(config, level)):
+      states[n] = common.create_discriminator_state(config, jax.random.fold_in(key, j) if j else key, input_shape)
   return states
 
 
@@ -38,38 +53,58 @@ def _disc_input_shape(config, seg, shapes):
   return (n, h, w, config.model.num_classes)
 
 
-def _disc_input(config, outputs, level):
+def disc_input(config, outputs, level):
   if config.disc.input == "features":
     return outputs["features"]
   return jax.nn.softmax(outputs[level], axis=-1)
 
 
+def forward(params, states, batch, config, axis_name):
+  """Source then target forward, threading BatchNorm statistics as the official code's two forwards do; the
+  source segmentation loss of Eq. (3)/(5). Returns (out_s, out_t, batch_stats, l_seg, metrics)."""
+  seg, cfg = states["seg"], config.loss
+  lambda_seg = {"main": cfg.lambda_seg_main, "aux": cfg.lambda_seg_aux}
+  out_s, stats = common.segment(seg, params["seg"], seg.batch_stats, batch["source_image"])
+  l_seg, per_level = common.segmentation_loss(
+      out_s, batch["source_label"], {l: lambda_seg[l] for l in common.levels(config)}, axis_name)
+  out_t, stats = common.segment(seg, params["seg"], stats, batch["target_image"])
+  return out_s, out_t, stats, l_seg, {f"seg_{l}": v for l, v in per_level.items()}
+
+
+def fool(states, params, names, x, gan):
+  """Eq. (4): loss(D(x), source label) averaged over the discriminators `names`, each frozen (as
+  requires_grad=False officially): gradients reach x only."""
+  return sum(gan_loss(states[n].apply_fn({"params": common.stop(params[n])}, x), SOURCE, gan)
+             for n in names) / len(names)
+
+
+def discriminator_loss(state, d_params, x_s, x_t, gan):
+  """Eq. (2) on detached inputs, reaching this discriminator only: (loss, accuracy)."""
+  d_s = state.apply_fn({"params": d_params}, jax.lax.stop_gradient(x_s))
+  d_t = state.apply_fn({"params": d_params}, jax.lax.stop_gradient(x_t))
+  thr = 0.0 if gan == "vanilla" else 0.5  # logits vs least-squares scores
+  acc = 0.5 * (jnp.mean(d_s < thr) + jnp.mean(d_t > thr))
+  return 0.5 * gan_loss(d_s, SOURCE, gan) + 0.5 * gan_loss(d_t, TARGET, gan), acc
+
+
+def output_space(params, states, out_s, out_t, config):
+  """Every level's adversarial term (summed with its lambda: the segmenter's) and discriminator losses."""
+  cfg = config.loss
+  lambda_adv = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
+  adv_total, per_disc, metrics = 0.0, {}, {}
+  for level in common.levels(config):
+    names = disc_names(config, level)
+    p_s, p_t = disc_input(config, out_s, level), disc_input(config, out_t, level)
+    adv = fool(states, params, names, p_t, cfg.gan)
+    adv_total += lambda_adv[level] * adv
+    metrics[f"adv_{level}"] = adv
+    for n in names:
+      per_disc[n], metrics[f"{n}_acc"] = discriminator_loss(states[n], params[n], p_s, p_t, cfg.gan)
+  return adv_total, per_disc, metrics
+
+
 def losses(params, states, batch, rng, config, axis_name=None):
   del rng  # deterministic scheme
-  seg, cfg = states["seg"], config.loss
-  lvls = common.levels(config)
-  lambda_seg = {"main": cfg.lambda_seg_main, "aux": cfg.lambda_seg_aux}
-  lambda_adv = {"main": cfg.lambda_adv_main, "aux": cfg.lambda_adv_aux}
-
-  # Source then target forward, threading BatchNorm statistics as the official code's two forwards do.
-  out_s, stats = common.segment(seg, params["seg"], seg.batch_stats, batch["source_image"])
-  l_seg, per_level = common.segmentation_loss(out_s, batch["source_label"], {l: lambda_seg[l] for l in lvls},
-                                              axis_name)
-  out_t, stats = common.segment(seg, params["seg"], stats, batch["target_image"])
-
-  result, metrics = {"seg": l_seg}, {f"seg_{l}": v for l, v in per_level.items()}
-  for level in lvls:
-    d, d_params = states[disc_name(level)], params[disc_name(level)]
-    p_s, p_t = _disc_input(config, out_s, level), _disc_input(config, out_t, level)
-    # Adversarial term: gradients reach the segmenter only (D frozen, as requires_grad=False officially).
-    adv = gan_loss(d.apply_fn({"params": common.stop(d_params)}, p_t), SOURCE, cfg.gan)
-    result["seg"] += lambda_adv[level] * adv
-    # Discriminator term on detached predictions: gradients reach this discriminator only.
-    d_s = d.apply_fn({"params": d_params}, jax.lax.stop_gradient(p_s))
-    d_t = d.apply_fn({"params": d_params}, jax.lax.stop_gradient(p_t))
-    result[disc_name(level)] = 0.5 * gan_loss(d_s, SOURCE, cfg.gan) + 0.5 * gan_loss(d_t, TARGET, cfg.gan)
-    metrics[f"adv_{level}"] = adv
-    thr = 0.0 if cfg.gan == "vanilla" else 0.5  # logits vs least-squares scores
-    metrics[f"{disc_name(level)}_acc"] = 0.5 * (jnp.mean(d_s < thr) + jnp.mean(d_t > thr))
-  return result, {"batch_stats": stats, "metrics": metrics}
-
+  out_s, out_t, stats, l_seg, metrics = forward(params, states, batch, config, axis_name)
+  adv, per_disc, adv_metrics = output_space(params, states, out_s, out_t, config)
+  return {"seg": l_seg + adv, **per_disc}, {"batch_stats": stats, "metrics": {**metrics, **adv_metrics}}

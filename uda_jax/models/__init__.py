@@ -5,8 +5,8 @@ import jax.numpy as jnp
 
 from uda_jax.errors import UserError
 
-from uda_jax.models.deeplab import DeepLabV2
-from uda_jax.models.discriminators import FCDiscriminator, PixelDiscriminator
+from uda_jax.models.deeplab import ASPPClassifier, DeepLabV2
+from uda_jax.models.discriminators import FRONTS, FCDiscriminator, PixelDiscriminator
 from uda_jax.models.vgg import DeepLabV2VGG16
 
 ARCHS = ("deeplabv2_resnet", "deeplabv2_vgg16")
@@ -33,7 +33,7 @@ def build_segmenter(model_cfg, axis_name=None, remat: bool = False):
   dtype = compute_dtype(model_cfg)
   if model_cfg.arch == "deeplabv2_vgg16":
     return DeepLabV2VGG16(num_classes=model_cfg.num_classes, aspp_dilations=tuple(model_cfg.aspp_dilations),
-                          aspp_branches=model_cfg.aspp_branches, dtype=dtype)
+                          aspp_branches=model_cfg.aspp_branches, dtype=dtype, multi_level=model_cfg.multi_level)
   if model_cfg.arch != "deeplabv2_resnet":
     raise UserError(f"model.arch {model_cfg.arch!r} is not known; choose one of {', '.join(ARCHS)}")
   blocks = tuple(model_cfg.blocks) if model_cfg.blocks else DEPTHS[model_cfg.depth]
@@ -43,14 +43,45 @@ def build_segmenter(model_cfg, axis_name=None, remat: bool = False):
                    bn=bn, dtype=dtype, remat=remat)
 
 
+# The decoders (ASPP heads) of each level, by parameter name.
+HEADS = {"deeplabv2_resnet": {"main": "layer6", "aux": "layer5"},
+         "deeplabv2_vgg16": {"main": "classifier", "aux": "classifier_aux"}}
+
+
+def head_name(model_cfg, level: str) -> str:
+  return HEADS[model_cfg.arch][level]
+
+
+def build_head(model_cfg):
+  """A standalone decoder exactly like the segmenter's: applied to its params and the level's 'features' /
+  'features_aux' it gives that level's logits (JAL + WTM's transferred decoders apply it to new weights)."""
+  return ASPPClassifier(model_cfg.num_classes, tuple(model_cfg.aspp_dilations), model_cfg.aspp_branches,
+                        compute_dtype(model_cfg))
+
+
 DISCRIMINATORS = ("fc", "pixel")
 
 
+def check_discriminator(disc_cfg):
+  """One clear error per bad `config.disc` value."""
+  if disc_cfg.arch not in DISCRIMINATORS:
+    raise UserError(f"disc.arch {disc_cfg.arch!r} is not known; choose one of {', '.join(DISCRIMINATORS)}")
+  if disc_cfg.front not in FRONTS:
+    raise UserError(f"disc.front {disc_cfg.front!r} is not known; choose one of {', '.join(FRONTS)}")
+  if disc_cfg.front != "none" and disc_cfg.arch != "fc":
+    raise UserError(f"disc.front={disc_cfg.front!r} needs disc.arch='fc', not {disc_cfg.arch!r}")
+  for key in ("count", "width_mult"):
+    value = disc_cfg[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise UserError(f"disc.{key}={value!r}: give a whole number >= 1")
+
+
 def build_discriminator(disc_cfg, classes_per_domain: int = 1, dtype=jnp.float32):
-  """`config.disc`: 'fc' (AdaptSegNet, one logit per patch) or 'pixel' (FADA's fine-grained discriminator with
-  `classes_per_domain` channels per domain); convs compute in `dtype` (the segmenter's)."""
+  """`config.disc`: 'fc' (AdaptSegNet, one logit per patch; channels x width_mult, optional ASPP front) or
+  'pixel' (FADA's fine-grained discriminator with `classes_per_domain` channels per domain); convs compute in
+  `dtype` (the segmenter's)."""
+  check_discriminator(disc_cfg)
   if disc_cfg.arch == "fc":
-    return FCDiscriminator(tuple(disc_cfg.channels), dtype)
+    return FCDiscriminator(tuple(c * disc_cfg.width_mult for c in disc_cfg.channels), dtype, disc_cfg.front)
   if disc_cfg.arch == "pixel":
-    return PixelDiscriminator(classes_per_domain, disc_cfg.width, dtype)
-  raise UserError(f"disc.arch {disc_cfg.arch!r} is not known; choose one of {', '.join(DISCRIMINATORS)}")
+    return PixelDiscriminator(classes_per_domain, disc_cfg.width * disc_cfg.width_mult, dtype)

@@ -33,8 +33,9 @@ class ASPPClassifier(nn.Module):
 
 
 class DeepLabV2(nn.Module):
-  """Returns {'main': logits from layer4 ('layer6'), 'aux': logits from layer3 ('layer5', multi-level only),
-  'features': layer4 features}, all at output stride 8, float32."""
+  """Returns {'main': logits from layer4 ('layer6'), 'features': layer4 features} and, multi-level only,
+  {'aux': logits from layer3 ('layer5'), 'features_aux': layer3 features}, all at output stride 8, float32.
+  'features' / 'features_aux' are exactly what the main / aux heads read."""
 
   num_classes: int = 19
   blocks: Sequence[int] = (3, 4, 23, 3)
@@ -56,5 +57,5 @@ class DeepLabV2(nn.Module):
     f32 = lambda t: t.astype(param_dtype(self.dtype))  # float32 (float64) for losses, softmax and resizing
     out = {"main": f32(head("layer6")(f4)), "features": f32(f4)}
     if self.multi_level:
-      out["aux"] = f32(head("layer5")(f3))
+      out["aux"], out["features_aux"] = f32(head("layer5")(f3)), f32(f3)
     return out

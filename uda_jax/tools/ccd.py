@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from uda_jax import cli
+from uda_jax import cli, methods
 from uda_jax.errors import UserError
 
 if __name__ == "__main__":  # the command's flags; tests import this module beside others that define --config
@@ -228,7 +228,7 @@ def run(config, workdir: str, domains=("source", "target"), max_images: int = 50
   for cfg in data_cfgs.values():  # a missing dataset fails before the model is built
     pipeline.num_eval_examples(cfg)
   states, step = train.restore_for_inference(config, workdir, mesh, "measure")
-  step_fn = _make_step(config, mesh, states["seg"])
+  step_fn = _make_step(config, mesh, methods.headline_segmenter(config, states))
 
   measured = {}
   for domain, cfg in data_cfgs.items():
