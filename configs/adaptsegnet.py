@@ -23,7 +23,8 @@ Presets (`configs/adaptsegnet.py:NAME`, combine with commas, e.g. `:toy,single_l
                     SYNTHIA (Table 4/5) 37.6 (13 classes). Init: import_torch --arch deeplabv2_vgg16 of
                     vgg16-00b39a1b.pth. Combine with source_only / oracle for the VGG baseline and oracle rows.
   resnet101_tv      torchvision-layout ResNet-101 backbone (import_torch --arch deeplabv2_resnet101_tv)
-  official_lr       backbone lr x3 as the official optimizer effectively steps it (see config_base.py)
+  official_lr       the official optimizer as run: each backbone tensor stepped once per module that lists it
+                    (stem 1x, bottleneck convs 3x, downsample 4x) by PyTorch <= 1.4 SGD (optim.legacy_sgd)
   synthia           SYNTHIA -> Cityscapes: 16-class table with mIoU (16) and mIoU13 (Table 4's 13-class mIoU:
                     baseline 38.6, feature 40.8, single-level 45.9, multi-level 46.7; Table 8 single-level /
                     lsgan 39.5 / 40.8 mIoU, 45.9 / 47.6 mIoU13; checkpoints are ranked by the 16-class mIoU)
@@ -51,7 +52,6 @@ Where paper and official code differ, the default follows the code (it produced 
 """
 
 from uda_jax import config_base, rows
-from uda_jax.errors import UserError
 
 SWEEP = ("0.0005", "0.001", "0.002", "0.004")
 
@@ -110,7 +110,7 @@ def _resnet101_tv(c):
 
 
 def _official_lr(c):
-  c.optim.backbone_lr_mult = 3.0
+  c.optim.legacy_sgd = True
   return c
 
 
@@ -142,11 +142,7 @@ PRESETS = {
 
 def get_config(arg: str | None = None):
   c = config_base.base_config()
-  names = [n for n in (arg or "").split(",") if n]
-  unknown = [n for n in names if n not in PRESETS]
-  if unknown:
-    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/adaptsegnet.py; "
-                    f"known: {', '.join(PRESETS)}")
+  names = config_base.preset_names(arg, PRESETS, "configs/adaptsegnet.py")
   # 'toy' first, so paper presets then apply on top of the toy data and network; input augmentations after the
   # dataset presets, whose sizes they replace; 'oracle' last, as it copies data fields.
   order = lambda n: (n != "toy", n in config_base.AUGMENT_PRESETS, n == "oracle")

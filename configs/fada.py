@@ -171,11 +171,7 @@ PRESETS = {
 
 def get_config(arg: str | None = None):
   c = _common(_resnet101(config_base.base_config()))
-  names = [n for n in (arg or "").split(",") if n]
-  unknown = [n for n in names if n not in PRESETS]
-  if unknown:
-    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/fada.py; "
-                    f"known: {', '.join(PRESETS)}")
+  names = config_base.preset_names(arg, PRESETS, "configs/fada.py")
   if len([n for n in names if n in STAGES]) > 1:
     raise UserError(f"configs/fada.py: name one stage of {', '.join(STAGES)}, not {arg!r}")
   if not any(n in STAGES for n in names):

@@ -113,11 +113,7 @@ PRESETS = {
 
 def get_config(arg: str | None = None):
   c = _base()
-  names = [n for n in (arg or "").split(",") if n]
-  unknown = [n for n in names if n not in PRESETS]
-  if unknown:
-    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in configs/jal_wtm.py; "
-                    f"known: {', '.join(PRESETS)}")
+  names = config_base.preset_names(arg, PRESETS, "configs/jal_wtm.py")
   if names.count("toy") and any(n in ("gta5", "synthia", "vgg16") for n in names):
     raise UserError("configs/jal_wtm.py: 'toy' is its own data and network; drop gta5 / synthia / vgg16")
   for n in sorted(names, key=lambda n: (n != "toy", n not in ("resnet101", "vgg16"), n not in ("gta5", "synthia"))):

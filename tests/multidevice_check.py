@@ -44,6 +44,15 @@ def main():
     c = jal_wtm.get_config("toy")
     c.optim.wtm_lr = 1.0
     mode = "frozen"
+  elif mode == "pixel_weighted":  # four states; no dropout, whose masks depend on the device (rng per device)
+    import pixel_weighted  # pylint: disable=g-import-not-at-top
+    c = pixel_weighted.get_config("toy")
+    c.model.head_dropout, c.loss.memreg_start = 0.0, 0
+    # float64: in float32 the gradients of MRNet's GroupNorm biases are sums that cancel to ~1e-3 of their
+    # terms, so 1 and 4 devices (different summation orders) differ by up to 9% there; in float64 by 1e-15.
+    jax.config.update("jax_enable_x64", True)
+    c.model.dtype = "float64"
+    mode = "frozen"
   else:
     c = adaptsegnet.get_config("toy")
   c.model.width = 8

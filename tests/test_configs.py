@@ -1,6 +1,8 @@
 """Every preset builds a config whose datasets, label tables and class sets exist and agree."""
 
 import adaptsegnet
+import jal_wtm
+import pixel_weighted
 import pytest
 
 from uda_jax import methods, models
@@ -12,13 +14,16 @@ def _registered(name, data_dir):
   return builders.get_builder(name, str(data_dir)).name == name.split("/")[0]
 
 
-@pytest.mark.parametrize("preset", sorted(adaptsegnet.PRESETS))
-def test_preset_is_consistent(preset, tmp_path):
-  c = adaptsegnet.get_config(preset)
+CONFIGS = {"adaptsegnet": adaptsegnet, "jal_wtm": jal_wtm, "pixel_weighted": pixel_weighted}
+
+
+@pytest.mark.parametrize("module,preset", [(m, p) for m in CONFIGS for p in sorted(CONFIGS[m].PRESETS)])
+def test_preset_is_consistent(module, preset, tmp_path):
+  c = CONFIGS[module].get_config(preset)
   methods.get(c.method)
   assert c.model.arch in models.ARCHS
   for field in ("source", "target", "eval"):
-    assert _registered(c.data[field], tmp_path), (preset, c.data[field])
+    assert _registered(c.data[field], tmp_path), (module, preset, c.data[field])
   for field in ("source_label_map", "eval_label_map"):
     table = labels.LABEL_MAPS[c.data[field]]
     assert table.max() == 255 and table[table != 255].max() < c.model.num_classes

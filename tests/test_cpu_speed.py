@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from uda_jax import xla_flags
+from uda_jax.models import layers
 from uda_jax.models.layers import Conv, normal_001, torch_bias_init
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -57,6 +58,18 @@ def test_1x1_matmul_equals_the_convolution_in_params_values_and_gradients(stride
   loss = lambda m: lambda p, x: (m.apply(p, x) ** 2).sum()
   g_ours, g_ref = jax.grad(loss(ours), (0, 1))(p_ours, x), jax.grad(loss(ref), (0, 1))(p_ref, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
+
+
+@pytest.mark.parametrize("backend,forced,matmul", [("cpu", "", True), ("gpu", "", False), ("tpu", "", False),
+                                                   ("cpu", "0", False), ("gpu", "1", True)])
+def test_1x1_runs_as_a_matmul_on_cpu_only_unless_forced(monkeypatch, backend, forced, matmul):
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: backend)
+  monkeypatch.setenv("UDA_JAX_CONV1X1_MATMUL", forced)
+  x = jax.numpy.ones((1, 4, 4, 3))
+  model = _Ours(1, False)
+  params = model.init(jax.random.key(0), x)
+  jaxpr = str(jax.make_jaxpr(model.apply)(params, x))
+  assert ("dot_general" in jaxpr, "conv_general_dilated" in jaxpr) == (matmul, not matmul)
 
 
 def test_flags_are_appended_on_cpu_only(monkeypatch):

@@ -3,29 +3,14 @@ command line on the toy with both decoders evaluated."""
 
 import json
 import os
-import subprocess
-import sys
 
-import jax
 import numpy as np
-import pytest
 
 import jal_wtm
-from uda_jax import methods, train
-from uda_jax.data import builders, labels
+from step_utils import assert_resume_is_bit_exact, tiny_toy_cli
 from uda_jax.tools import tables
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/jal_wtm.py"
-
-
-@pytest.mark.parametrize("preset", sorted(jal_wtm.PRESETS))
-def test_preset_is_consistent(preset, tmp_path):
-  c = jal_wtm.get_config(preset)
-  methods.get(c.method)
-  for field in ("source", "target", "eval"):
-    assert builders.get_builder(c.data[field], str(tmp_path)).name == c.data[field].split("/")[0]
-  assert len(labels.CLASS_SETS[c.eval.class_set][0]) == c.model.num_classes
 
 
 def test_default_is_the_papers_setting_and_rows_resolve(capsys):
@@ -61,29 +46,15 @@ def test_resume_is_bit_exact_with_the_wtm_and_dwtm_states(tiny_toy_config, tmp_p
   c.model.width, c.disc.channels, c.optim.decay_steps = 8, (8, 8, 8, 8), 100
   # The paper's WTM lr and weights move an identity WTM by ~1e-8 in 4 steps: larger ones make it visible.
   c.optim.wtm_lr, c.loss.lambda_adv_wtm_aux, c.loss.lambda_adv_wtm_main = 100.0, 1.0, 1.0
-  straight, _ = train.train_and_evaluate(c, str(tmp_path / "straight"))
-  c.train.num_steps = 2
-  train.train_and_evaluate(c, str(tmp_path / "resumed"))
-  c.train.num_steps = 4
-  resumed, _ = train.train_and_evaluate(c, str(tmp_path / "resumed"))
+  straight = assert_resume_is_bit_exact(c, tmp_path)
   assert sorted(straight) == ["d_aux", "d_main", "d_wtm", "seg", "wtm"]
   m = np.asarray(straight["wtm"].params["aux"]["kernel"])
   assert np.abs(m - np.eye(len(m))).max() > 1e-6
-  for name in straight:
-    for a, b in zip(jax.tree.leaves(jax.device_get(straight[name])), jax.tree.leaves(jax.device_get(resumed[name])),
-                    strict=True):
-      np.testing.assert_array_equal(a, b)
 
 
 def test_toy_from_the_command_line_writes_both_decoders_columns(toy_data_dir, tmp_path):
   workdir = str(tmp_path / "toy")
-  small = [f"--config.data.data_dir={toy_data_dir}", "--config.train.num_steps=2", "--config.train.eval_every=2",
-           "--config.train.checkpoint_every=2", "--config.train.log_every=1", "--config.model.width=8",
-           "--config.disc.channels=(8,8,8,8)", "--config.data.source_size=(32,64)",
-           "--config.data.target_size=(32,64)", "--config.data.eval_size=(32,64)"]
-  run = lambda *args: subprocess.run([sys.executable, "-m", "uda_jax.main", f"--config={CONFIG}:toy,original_decoder",
-                                      f"--workdir={workdir}", *small, *args], capture_output=True, text=True,
-                                     timeout=900, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  run = tiny_toy_cli(f"{CONFIG}:toy,original_decoder", workdir, toy_data_dir)
   out = run()
   assert out.returncode == 0, out.stderr[-3000:]
   with open(os.path.join(workdir, "eval_final.json")) as f:

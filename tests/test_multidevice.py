@@ -52,3 +52,15 @@ def test_jal_wtm_on_four_devices_equals_one_device():
   assert {"loss_wtm", "adv_jal", "loss_d_wtm"} <= set(metrics)
   for name, (a, b) in metrics.items():
     assert a == pytest.approx(b, rel=1e-4, abs=1e-6), name
+
+
+def test_pixel_weighted_on_four_devices_equals_one_device():
+  rows = _run("pixel_weighted", "no_eval")
+  states = [r for r in rows if r[0] == "state"]
+  assert {r[1] for r in states} == {"seg", "d_main", "d_aux", "d_feat"}
+  for _, name, _, diff, _, scale, _, where in states:  # in float64 (see multidevice_check.py)
+    assert float(diff) <= 1e-12 * max(float(scale), 1.0), (name, diff, where)
+  metrics = {r[1]: (float(r[2]), float(r[3])) for r in rows if r[0] == "metric"}
+  assert {"loss_d_feat", "adv_feat", "memory", "weight_mean"} <= set(metrics)
+  for name, (a, b) in metrics.items():
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-6), name

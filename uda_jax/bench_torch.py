@@ -67,8 +67,16 @@ def _modules():
     return bn
 
   class FrozenBN(nn.BatchNorm2d):
+    """Running statistics always, as an affine map like maskrcnn-benchmark's FrozenBatchNorm2d (FADA runs it
+    with eps 0, which newer torch's F.batch_norm refuses)."""
+
     def train(self, mode=True):
       return super().train(False)
+
+    def forward(self, x):
+      scale = self.weight * (self.running_var + self.eps).rsqrt()
+      shift = self.bias - self.running_mean * scale
+      return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
   def conv(cin, cout, k, stride=1, padding=0, dilation=1, bias=False):
     c = nn.Conv2d(cin, cout, k, stride, padding, dilation, bias=bias)
@@ -389,6 +397,9 @@ def benchmark(config, batch, num_steps, device=None, num_threads=None):
     device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   n_threads = num_threads or threads()
   torch.set_num_threads(n_threads)
+  if device == "cuda":
+    torch.backends.cudnn.benchmark = True  # as the official training scripts set it
+    torch.cuda.reset_peak_memory_stats()
   step = Step(config, batch, device)
   first = step()  # warm-up (reading the losses waits for the device)
   times = []
@@ -398,5 +409,9 @@ def benchmark(config, batch, num_steps, device=None, num_threads=None):
     times.append(time.perf_counter() - t0)
   if not all(math.isfinite(v) for v in first.values()):
     raise RuntimeError(f"the torch iteration's losses are not finite: {first}")
+  if device == "cuda":
+    torch.cuda.synchronize()
+  peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
   return {"torch_version": f"{torch.__version__} ({device})", "torch_step_s": float(np.median(times)),
+          "torch_peak_memory_gib": peak,
           "torch_threads": n_threads, "torch_params": num_params(step.seg, step.discs), "torch_first_losses": first}

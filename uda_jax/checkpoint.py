@@ -15,7 +15,6 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
@@ -154,6 +153,8 @@ class Checkpoints:
     dst = os.path.join(self.workdir, "corrupt", f"{os.path.basename(str(manager.directory))}_{step}")
     logging.warning("checkpoint %s is unusable (%s); moved to %s, using the previous one", src, problem, dst)
     if jax.process_index() == 0:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top  (gfile: GCS workdirs; lazy so a
+      # benchmark runs where only JAX is installed)
       tf.io.gfile.makedirs(os.path.dirname(dst))
       if tf.io.gfile.exists(dst):
         tf.io.gfile.rmtree(dst)

@@ -5,13 +5,15 @@ Method configs in configs/ override what differs and add presets. Field meanings
 
 import ml_collections
 
+from uda_jax.errors import UserError
+
 # Train ids of the toy pair's 11 classes (road ... car) in the Cityscapes convention.
 TOY_CLASSES = (0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 13)
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada | jal_wtm
+  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada | jal_wtm | mrnet | pixel_weighted
   c.seed = 0
   # Directory written by `python -m uda_jax.tools.import_torch` (pretrained weights), or the workdir of an earlier
   # stage's run (its latest checkpoint: segmenter and same-named discriminators; optimizers and step restart).
@@ -32,6 +34,14 @@ def base_config() -> ml_collections.ConfigDict:
   # the global batch over all devices: torch SyncBatchNorm)
   c.model.bn_mode = "batch_stats"
   c.model.bn_eps = 1e-5
+  # Decoders: aspp (DeepLab-v2's summed dilated convs) | mrnet (MRNet's: 1x1 + dilated branches of head_width
+  # channels with head_norm (gn | bn) and ReLU, [SE block], 3x3 fuse to 2 x head_width, Dropout2d head_dropout,
+  # 1x1 classifier; the main one reads concat(layer4, layer3); ResNet only)
+  c.model.head = "aspp"
+  c.model.head_width = 256
+  c.model.head_norm = "gn"
+  c.model.head_se = False
+  c.model.head_dropout = 0.1
   # Compute dtype of every convolution, discriminators included: float32 | bfloat16 (params, optimizer states,
   # BatchNorm statistics and normalisation, softmax, resizing and losses stay float32) | float64 (everything,
   # params included; needs --jax_enable_x64: parity checks against reference code without float32 rounding).
@@ -48,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.disc.width_mult = 1
   c.disc.front = "none"
   c.disc.count = 1
+  c.disc.feature_channels = (64, 128, 256)  # pixel-wise weighted DA's D_aux: 1x1 convs, then a 1x1 classifier
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lambda_seg_main = 1.0
@@ -69,20 +80,39 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.lambda_adv_wtm_main = 1e-3
   c.loss.lambda_adv_wtm_aux = 2e-4
   c.loss.wtm_to_decoder = False
+  # MRNet (methods/mrnet.py): memory regularisation weight and first step; D's source ('real') input: each
+  # level's own softmax (AdaptSegNet) or the ensemble softmax(z_main + 0.5 z_aux) for every level (MRNet as run).
+  c.loss.lambda_memory = 0.1
+  c.loss.memreg_start = 15_000
+  c.loss.disc_real = "level"
+  # Pixel-wise weighted DA (methods/pixel_weighted.py): GenMap threshold T and mu (eq. 3-4), computed from the
+  # ensemble prediction or each level's; the feature discriminator D_aux (eq. 5, 8) and its DisMap (eq. 6);
+  # target weights also in D's loss; where weights meet D's coarse output ('image' | 'disc', see the method).
+  c.loss.genmap_threshold = 0.9
+  c.loss.genmap_mu = 0.1
+  c.loss.genmap_from = "ensemble"
+  c.loss.feature_disc = True
+  c.loss.dismap = True
+  c.loss.lambda_adv_feat = 5e-4
+  c.loss.weight_disc = True
+  c.loss.weight_grid = "image"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2.5e-4
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.optim.nesterov = False  # the paper says Nesterov; the official code does not use it
-  # The official optimizer lists every backbone tensor ~3x (downsample 4x) and so steps the backbone at an
-  # effective ~3x lr (official_implementations.md). 1.0 is the lr as stated; 3.0 approximates the as-run one.
   c.optim.backbone_lr_mult = 1.0
+  # The official AdaptSegNet / MRNet optimizer lists the Caffe ResNet's backbone tensors once per enclosing module
+  # (stem 1x, bottleneck convs 3x, downsample convs 4x) and PyTorch <= 1.4 SGD steps each entry in turn
+  # (optim.legacy_torch_sgd). False: every tensor once, the lr as stated; True: that loop, as run.
+  c.optim.legacy_sgd = False
   c.optim.head_lr_mult = 10.0
   c.optim.head_modules = ("layer5", "layer6")
   c.optim.train_bn = False  # BatchNorm scale/shift trained (FADA self-distillation) or kept as loaded
   c.optim.power = 0.9
   c.optim.decay_steps = 250_000  # poly horizon; training stops at train.num_steps
+  c.optim.warmup_steps = 0  # MRNet: lr x (0.1 + 0.9 step / warmup_steps) first, then poly
   c.optim.d_lr = 1e-4
   c.optim.d_b1 = 0.9
   c.optim.d_b2 = 0.99
@@ -127,6 +157,7 @@ def base_config() -> ml_collections.ConfigDict:
   # JAL + WTM evaluates the transferred decoder DecT2; True also evaluates the original Dec2 in the same pass
   # (its mIoU as the 'Dec2 mIoU' column of every result table).
   c.eval.original_decoder = False
+  c.eval.aux_weight = 0.0  # predict argmax(z_main + aux_weight z_aux): MRNet evaluates with 0.5
   c.eval.num_images = 8  # colourised predictions of the first N eval images: workdir/predictions + TensorBoard
 
   # --mode=predict (uda_jax/predict.py): label PNGs of eval.checkpoint (or init_from) at eval.scales / eval.flip,
@@ -150,6 +181,16 @@ def base_config() -> ml_collections.ConfigDict:
   # counting skipped steps (train/skipped_steps).
   c.train.nan_policy = "stop"
   return c
+
+
+def preset_names(arg: str | None, presets: dict, config_file: str) -> list[str]:
+  """The comma-separated preset names of `--config FILE:NAME[,NAME]`; an unknown one is a one-line error."""
+  names = [n for n in (arg or "").split(",") if n]
+  unknown = [n for n in names if n not in presets]
+  if unknown:
+    raise UserError(f"unknown preset(s) {', '.join(map(repr, unknown))} in {config_file}; "
+                    f"known: {', '.join(presets)}")
+  return names
 
 
 def augmentation(scale=(1.0, 1.0), crop=(), flip=0.0, jitter=(0.0, 0.0, 0.0, 0.0), pad_image=0.0):

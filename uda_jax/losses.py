@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from uda_jax.ops import resize_bilinear
+
 IGNORE = 255
 SOURCE, TARGET = 0.0, 1.0  # domain labels as the official AdaptSegNet code assigns them
 
@@ -28,16 +30,37 @@ def cross_entropy(logits, labels, axis_name=None):
   return masked_mean(nll, valid, axis_name)
 
 
-def gan_loss(d_logits, domain: float, gan: str):
+def gan_loss(d_logits, domain: float, gan: str, weight=None, weight_grid: str = "image"):
   """Discriminator-output loss against a constant domain label, averaged over the map.
 
   'vanilla': BCE with logits (AdaptSegNet Eq. 2/4); 'ls': least squares on the raw output (Appendix A, Eq. 7/8).
+  weight [N,H,W] (pixel-wise weighted adaptation, stop-gradient): mean of weight x loss. A weight map at another
+  resolution than D's output (image pixels vs D's patches) meets it there per `weight_grid`: 'image' upsamples
+  D's output (bilinear, align_corners) to the weight's pixels, 'disc' averages the weights over each patch.
   """
+  if weight is not None and weight.shape[1:3] != d_logits.shape[1:3]:
+    if weight_grid == "image":
+      d_logits = resize_bilinear(d_logits, weight.shape[1:3])
+    elif weight_grid == "disc":
+      weight = area_resize(weight[..., None], d_logits.shape[1:3])[..., 0]
+    else:
+      raise ValueError(f"weight_grid must be 'image' or 'disc', got {weight_grid!r}")
   if gan == "vanilla":
-    return optax.sigmoid_binary_cross_entropy(d_logits, jnp.full_like(d_logits, domain)).mean()
-  if gan == "ls":
-    return jnp.square(d_logits - domain).mean()
-  raise ValueError(f"loss.gan must be 'vanilla' or 'ls', got {gan!r}")
+    per_pixel = optax.sigmoid_binary_cross_entropy(d_logits, jnp.full_like(d_logits, domain))
+  elif gan == "ls":
+    per_pixel = jnp.square(d_logits - domain)
+  else:
+    raise ValueError(f"loss.gan must be 'vanilla' or 'ls', got {gan!r}")
+  return per_pixel.mean() if weight is None else (per_pixel * weight[..., None]).mean()
+
+
+def area_resize(x, size):
+  """Average of the pixels of NHWC `x` over each cell of a `size` grid (exact when it divides, antialiased
+  linear otherwise)."""
+  (n, h, w, c), (ho, wo) = x.shape, size
+  if h % ho == 0 and w % wo == 0:
+    return x.reshape(n, ho, h // ho, wo, w // wo, c).mean((2, 4))
+  return jax.image.resize(x, (n, ho, wo, c), "linear", antialias=True)
 
 
 def soft_cross_entropy(logits, targets, mask=None, axis_name=None):

@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from uda_jax import evaluate, files, methods, parallel, visualize
+from uda_jax import evaluate, files, methods, models, parallel, visualize
 from uda_jax.data import augment, labels, pipeline
 from uda_jax.errors import UserError
 from uda_jax.parallel import AXIS
@@ -150,7 +150,8 @@ def _make_step(config, mesh, seg_state):
   def step(batch, size):
     if size not in compiled:
       def body(image):
-        forward = lambda x: seg_state.apply_fn(variables, x, train=False)["main"]
+        forward = lambda x: models.prediction_logits(seg_state.apply_fn(variables, x, train=False),
+                                                     float(config.eval.aux_weight))
         pred, conf = evaluate.predict(forward, image, size, scales, flip, with_confidence=True)
         return pred.astype(jnp.uint8), conf
       compiled[size] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(AXIS),), out_specs=(P(AXIS), P(AXIS))))

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from uda_jax import evaluate
+from uda_jax import evaluate, models
 from uda_jax import parallel
 from uda_jax.errors import UserError
 from uda_jax.tools import init_from
@@ -65,11 +65,11 @@ def guard_finite(old, new, metrics, axis_name=AXIS):
   return kept, {**metrics, **checks}
 
 
-def eval_step(seg_state, batch, *, num_classes, scales=(1.0,), flip=False, axis_name=AXIS):
+def eval_step(seg_state, batch, *, num_classes, scales=(1.0,), flip=False, aux_weight=0.0, axis_name=AXIS):
   """Prediction at label resolution (uint8 train ids, sharded like the batch) and the confusion matrix of one
   padded batch, summed over devices."""
   variables = {"params": seg_state.params, "batch_stats": seg_state.batch_stats}
-  forward = lambda x: seg_state.apply_fn(variables, x, train=False)["main"]
+  forward = lambda x: models.prediction_logits(seg_state.apply_fn(variables, x, train=False), aux_weight)
   pred = evaluate.predict(forward, batch["image"], batch["label"].shape[1:3], scales, flip)
   cm = evaluate.confusion_matrix(pred, batch["label"], batch["mask"], num_classes)
   return {"cm": jax.lax.psum(cm, axis_name), "pred": pred.astype("uint8")}
@@ -83,5 +83,5 @@ def make_train_step(method, config, mesh):
 
 def make_eval_step(config, mesh):
   body = functools.partial(eval_step, num_classes=config.model.num_classes, scales=tuple(config.eval.scales),
-                           flip=bool(config.eval.flip))
+                           flip=bool(config.eval.flip), aux_weight=float(config.eval.aux_weight))
   return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs={"cm": P(), "pred": P(AXIS)}))

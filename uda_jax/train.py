@@ -94,7 +94,7 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
     nonlocal summary, samples
     summary, samples = run_eval(config, states, eval_step, mesh)
     ckpt.save_if_best(done, states, summary["mIoU"])
-    _write_eval(config, workdir, writer, done, summary, samples)
+    _write_eval(config, workdir, writer, done, summary, samples, states)
     logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
 
   # A run stopped between a checkpoint and its evaluation (SIGTERM, a kill) evaluates that step first.
@@ -140,7 +140,7 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
 
   if summary is None:  # resumed after the last step: evaluate the final state once more
     summary, samples = run_eval(config, states, eval_step, mesh)
-  report(config, workdir, summary, samples, num_steps, "eval_final")
+  report(config, workdir, summary, samples, num_steps, "eval_final", states)
   writer.close()
   return states, summary
 
@@ -205,7 +205,7 @@ def evaluate_checkpoint(config, workdir: str):
   t0 = time.time()
   summary, samples = run_eval(config, states, steps.make_eval_step(config, mesh), mesh)
   logging.info("evaluated %d images in %.1f s", n, time.time() - t0)
-  report(config, workdir, summary, samples, step, f"eval_{config.eval.checkpoint}_step{step}")
+  report(config, workdir, summary, samples, step, f"eval_{config.eval.checkpoint}_step{step}", states)
   return summary
 
 
@@ -227,32 +227,40 @@ def restore_for_inference(config, workdir: str, mesh, what: str):
   return states, step
 
 
-def _write_eval(config, workdir, writer, step, summary, samples):
-  """A periodic evaluation: scalars and prediction panels to TensorBoard, a row of eval_history.csv."""
+def _write_eval(config, workdir, writer, step, summary, samples, states):
+  """A periodic evaluation: scalars, prediction panels and the scheme's weight maps to TensorBoard, a row of
+  eval_history.csv."""
   writer.write_scalars(step, {"eval/mIoU": summary["mIoU"], "eval/pixel_acc": summary["pixel_acc"],
                               **{f"eval/{k}": v for k, v in summary["extra"].items()},
                               **{f"eval/iou_{k}": v for k, v in summary["per_class"].items()}})
   if jax.process_index() == 0:
     results.append_history(workdir, summary, step)
-    panels = _write_predictions(config, workdir, samples, f"step{step}")
+    panels, maps = _write_predictions(config, workdir, samples, f"step{step}", states)
     if len(panels):
       writer.write_images(step, {"eval/predictions": visualize.thumbnails(panels)})
+    if len(maps):
+      writer.write_images(step, {"eval/weight_maps": visualize.thumbnails(maps)})
 
 
-def _write_predictions(config, workdir, samples, name):
+def _write_predictions(config, workdir, samples, name, states):
+  """Prediction panels, and heat maps of the scheme's weight maps (methods.visual_maps), of the samples."""
   _, palette = labels.CLASS_SETS[config.eval.class_set]
-  return visualize.write_predictions(os.path.join(workdir, "predictions", name), samples, palette,
-                                     config.data.normalization)
+  directory = os.path.join(workdir, "predictions", name)
+  panels = visualize.write_predictions(directory, samples, palette, config.data.normalization)
+  images = [image for image, _, _ in samples or ()]
+  maps = methods.visual_maps(config, states, images)
+  return panels, (visualize.write_heatmaps(directory, images, maps, config.data.normalization) if maps else ())
 
 
-def report(config, workdir, summary, samples, step, name):
-  """Prints the per-class table; process 0 writes it as .md, .csv, .json and the colourised predictions."""
+def report(config, workdir, summary, samples, step, name, states):
+  """Prints the per-class table; process 0 writes it as .md, .csv, .json, the colourised predictions and the
+  scheme's weight maps."""
   table = results.markdown_table(summary, f"target {name} (step {step})")
   print(table, flush=True)
   if jax.process_index() == 0:
     paths = results.write_results(workdir, summary, step, name)
     if samples:
-      _write_predictions(config, workdir, samples, name)
+      _write_predictions(config, workdir, samples, name, states)
       paths.append(os.path.join(workdir, "predictions", name))
     logging.info("wrote %s", ", ".join(paths))
 

@@ -1,10 +1,11 @@
 """Schemes by name. Each module provides create_states(config, rng, shapes) and
 losses(params, states, batch, rng, config, axis_name) -> ({state name: loss}, {'batch_stats', 'metrics'}); and
-optionally inference_segmenters(config, states) (see `segmenters`)."""
+optionally inference_segmenters(config, states) (see `segmenters`) and visual_maps(config, states, images) (see
+`visual_maps`)."""
 
 import importlib
 
-METHODS = ("source_only", "adaptsegnet", "fada", "jal_wtm")
+METHODS = ("source_only", "adaptsegnet", "fada", "jal_wtm", "mrnet", "pixel_weighted")
 
 
 def get(name: str):
@@ -26,3 +27,10 @@ def segmenters(config, states) -> dict:
 def headline_segmenter(config, states):
   """The segmenter --mode=predict and CCD use: the first of `segmenters`."""
   return next(iter(segmenters(config, states).values()))
+
+
+def visual_maps(config, states, images) -> dict:
+  """{name: ([N, H, W] values, vmax)}: per-pixel maps of what the scheme weights by, for the first evaluation
+  images (drawn as heat maps beside the prediction panels); {} for schemes without any."""
+  module = get(config.method)
+  return module.visual_maps(config, states, images) if hasattr(module, "visual_maps") and len(images) else {}

@@ -8,13 +8,14 @@ from uda_jax.errors import UserError
 from uda_jax.ops import resize_bilinear
 
 
-def segment(seg_state, params, batch_stats, image, train: bool = True):
+def segment(seg_state, params, batch_stats, image, train: bool = True, rng=None):
   """Segmenter forward; returns (outputs with logits upsampled to the image size, new batch_stats).
 
   Upsampling before the loss and before the discriminator's softmax is what the official code does.
+  `rng` drives dropout (MRNet's heads); models without dropout ignore it.
   """
   out, mutated = seg_state.apply_fn({"params": params, "batch_stats": batch_stats}, image, train=train,
-                                    mutable=["batch_stats"])
+                                    mutable=["batch_stats"], rngs=None if rng is None else {"dropout": rng})
   size = image.shape[1:3]
   up = {k: resize_bilinear(v, size) for k, v in out.items() if k in ("main", "aux")}
   return {**out, **up}, mutated["batch_stats"]
@@ -31,6 +32,11 @@ def levels(config):
 
 
 def create_segmenter_state(config, rng, image_shape, axis_name=None):
+  if config.optim.get("legacy_sgd", False) and (config.model.arch != "deeplabv2_resnet"
+                                                 or config.model.layout != "caffe"):
+    raise UserError("optim.legacy_sgd reproduces the official optimizer of the Caffe-layout DeepLab-v2 ResNet "
+                    f"(model.arch='deeplabv2_resnet', model.layout='caffe'), not of {config.model.arch!r} / "
+                    f"{config.model.layout!r}: set optim.legacy_sgd=False")
   module = models.build_segmenter(config.model, axis_name, remat=config.train.get("remat", False))
   variables = module.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)
   return state_lib.create(module, optim.segmenter_sgd(config.optim, variables["params"]), variables)
@@ -44,8 +50,8 @@ def feature_shape(seg_state, image_shape):
   return jax.eval_shape(lambda x: seg_state.apply_fn(variables, x, train=False)["features"], image).shape
 
 
-def create_discriminator_state(config, rng, input_shape, classes_per_domain: int = 1):
-  module = models.build_discriminator(config.disc, classes_per_domain, models.compute_dtype(config.model))
+def create_discriminator_state(config, rng, input_shape, classes_per_domain: int = 1, arch=None):
+  module = models.build_discriminator(config.disc, classes_per_domain, models.compute_dtype(config.model), arch)
   out = jax.eval_shape(module.init_with_output, rng, jnp.zeros(input_shape, jnp.float32))[0]
   if 0 in out.shape:
     raise UserError(f"discriminator input {input_shape[1:3]} is too small for {len(config.disc.channels) + 1} "

@@ -83,9 +83,8 @@ def transferred_logits(params, outputs, level, config, size):
 
 
 def losses(params, states, batch, rng, config, axis_name=None):
-  del rng  # deterministic scheme
   cfg = config.loss
-  out_s, out_t, stats, l_seg, metrics = adaptsegnet.forward(params, states, batch, config, axis_name)  # eq. 1, 4
+  out_s, out_t, stats, l_seg, metrics = adaptsegnet.forward(params, states, batch, config, axis_name, rng)  # eq. 1, 4
   adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config)  # eq. 2-4
   per_state, metrics = {"seg": l_seg + adv, **per_disc}, {**metrics, **adv_metrics}
   if cfg.jal:  # eq. 5: Dec2's target map must also fool D1

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from uda_jax.errors import UserError
 
 from uda_jax.models.deeplab import ASPPClassifier, DeepLabV2
-from uda_jax.models.discriminators import FRONTS, FCDiscriminator, PixelDiscriminator
+from uda_jax.models.discriminators import FRONTS, FCDiscriminator, FeatureDiscriminator, PixelDiscriminator
 from uda_jax.models.vgg import DeepLabV2VGG16
 
 ARCHS = ("deeplabv2_resnet", "deeplabv2_vgg16")
@@ -31,6 +31,12 @@ def build_segmenter(model_cfg, axis_name=None, remat: bool = False):
   `remat` (config.train.remat) recomputes the ResNet blocks' activations in the backward pass."""
   bn = dict(mode=model_cfg.bn_mode, eps=model_cfg.bn_eps, axis_name=axis_name)
   dtype = compute_dtype(model_cfg)
+  if model_cfg.head not in ("aspp", "mrnet"):
+    raise UserError(f"model.head {model_cfg.head!r} is not known; choose 'aspp' or 'mrnet'")
+  if model_cfg.head == "mrnet" and model_cfg.arch != "deeplabv2_resnet":
+    raise UserError(f"model.head='mrnet' needs model.arch='deeplabv2_resnet', not {model_cfg.arch!r}")
+  if model_cfg.head == "mrnet" and model_cfg.head_norm == "gn" and model_cfg.head_width % 32:
+    raise UserError(f"model.head_width={model_cfg.head_width}: GroupNorm(32) needs a multiple of 32")
   if model_cfg.arch == "deeplabv2_vgg16":
     return DeepLabV2VGG16(num_classes=model_cfg.num_classes, aspp_dilations=tuple(model_cfg.aspp_dilations),
                           aspp_branches=model_cfg.aspp_branches, dtype=dtype, multi_level=model_cfg.multi_level)
@@ -40,7 +46,14 @@ def build_segmenter(model_cfg, axis_name=None, remat: bool = False):
   return DeepLabV2(num_classes=model_cfg.num_classes, blocks=blocks, width=model_cfg.width,
                    layout=model_cfg.layout, multi_level=model_cfg.multi_level,
                    aspp_dilations=tuple(model_cfg.aspp_dilations), aspp_branches=model_cfg.aspp_branches,
-                   bn=bn, dtype=dtype, remat=remat)
+                   bn=bn, dtype=dtype, remat=remat, head=model_cfg.head,
+                   mrnet=dict(width=model_cfg.head_width, norm=model_cfg.head_norm, se=model_cfg.head_se,
+                              dropout=model_cfg.head_dropout))
+
+
+def prediction_logits(outputs, aux_weight: float = 0.0):
+  """The logits a segmenter predicts with: z_main, or z_main + aux_weight z_aux (MRNet: 0.5)."""
+  return outputs["main"] + aux_weight * outputs["aux"] if aux_weight else outputs["main"]
 
 
 # The decoders (ASPP heads) of each level, by parameter name.
@@ -76,11 +89,13 @@ def check_discriminator(disc_cfg):
       raise UserError(f"disc.{key}={value!r}: give a whole number >= 1")
 
 
-def build_discriminator(disc_cfg, classes_per_domain: int = 1, dtype=jnp.float32):
+def build_discriminator(disc_cfg, classes_per_domain: int = 1, dtype=jnp.float32, arch=None):
   """`config.disc`: 'fc' (AdaptSegNet, one logit per patch; channels x width_mult, optional ASPP front) or
   'pixel' (FADA's fine-grained discriminator with `classes_per_domain` channels per domain); convs compute in
-  `dtype` (the segmenter's)."""
+  `dtype` (the segmenter's). arch='feature': the 1x1-conv feature discriminator (disc.feature_channels)."""
   check_discriminator(disc_cfg)
+  if arch == "feature":  # pixel-wise weighted DA's D_aux, beside the configured one
+    return FeatureDiscriminator(tuple(disc_cfg.feature_channels), dtype)
   if disc_cfg.arch == "fc":
     return FCDiscriminator(tuple(c * disc_cfg.width_mult for c in disc_cfg.channels), dtype, disc_cfg.front)
   if disc_cfg.arch == "pixel":

@@ -1,11 +1,13 @@
 """DeepLab-v2 segmenter: ResNet backbone + ASPP classifier(s), single- or multi-level (AdaptSegNet Fig. 2)."""
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from uda_jax.models.layers import Conv, param_dtype
+from uda_jax.models.mrnet_head import MRNetHead
 from uda_jax.models.resnet import ResNet
 
 
@@ -35,7 +37,11 @@ class ASPPClassifier(nn.Module):
 class DeepLabV2(nn.Module):
   """Returns {'main': logits from layer4 ('layer6'), 'features': layer4 features} and, multi-level only,
   {'aux': logits from layer3 ('layer5'), 'features_aux': layer3 features}, all at output stride 8, float32.
-  'features' / 'features_aux' are exactly what the main / aux heads read."""
+  'features' / 'features_aux' are exactly what the main / aux heads read.
+
+  head='mrnet': MRNet's decoders (models/mrnet_head.py, `mrnet` = its options), the main one reading
+  concat(layer4, layer3) (so 'features' is that, 3072 channels at ResNet-101 width), dropout from the 'dropout'
+  rng while training."""
 
   num_classes: int = 19
   blocks: Sequence[int] = (3, 4, 23, 3)
@@ -47,13 +53,23 @@ class DeepLabV2(nn.Module):
   bn: dict = None
   dtype: Any = jnp.float32
   remat: bool = False
+  head: str = "aspp"
+  mrnet: dict = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     f3, f4 = ResNet(self.blocks, self.width, self.layout, self.bn, self.dtype, self.remat, name="backbone")(
         x.astype(self.dtype), train)
-    head = lambda name: ASPPClassifier(self.num_classes, tuple(self.aspp_dilations), self.aspp_branches,
-                                       self.dtype, name=name)
+    if self.head == "mrnet":
+      f4 = jnp.concatenate([f4, f3], axis=-1)
+      head = lambda name: functools.partial(MRNetHead(self.num_classes, dilations=tuple(self.aspp_dilations),
+                                                      bn=self.bn, dtype=self.dtype, name=name, **self.mrnet),
+                                            train=train)
+    elif self.head == "aspp":
+      head = lambda name: ASPPClassifier(self.num_classes, tuple(self.aspp_dilations), self.aspp_branches,
+                                         self.dtype, name=name)
+    else:
+      raise ValueError(f"model.head must be 'aspp' or 'mrnet', got {self.head!r}")
     f32 = lambda t: t.astype(param_dtype(self.dtype))  # float32 (float64) for losses, softmax and resizing
     out = {"main": f32(head("layer6")(f4)), "features": f32(f4)}
     if self.multi_level:

@@ -10,6 +10,10 @@ PixelDiscriminator (FADA Sec. 3.2, `PixelDiscriminator(2048, ndf=256)`): the fin
   3x3 convs on the features, then a source head and a target head of `classes_per_domain` channels each,
   concatenated (source first) and upsampled (align_corners=True) to `size`. classes_per_domain=1 is the
   traditional binary domain discriminator.
+FeatureDiscriminator (pixel-wise weighted DA, D_aux): three 1x1 convs with LeakyReLU 0.2 and a 1x1 classifier
+  on the features (the paper gives no widths: AdaptSegNet's 64 / 128 / 256). With `size`, evaluated at that
+  image size: the first conv runs on the features and is upsampled (align_corners) before its LeakyReLU, which
+  equals upsampling the features first (bilinear weights sum to 1, so a 1x1 conv commutes with it).
 """
 
 from typing import Any, Sequence
@@ -59,3 +63,18 @@ class PixelDiscriminator(nn.Module):
                            for name in ("cls1", "cls2")], -1).astype(param_dtype(self.dtype))
     return out if size is None else resize_bilinear(out, tuple(size))
 
+
+
+class FeatureDiscriminator(nn.Module):
+  channels: Sequence[int] = (64, 128, 256)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, size=None):
+    x = _conv(self.channels[0], 1, 1, 0, "conv1", self.dtype)(x.astype(self.dtype))
+    if size is not None:
+      x = resize_bilinear(x, tuple(size))
+    x = leaky_relu(x)
+    for i, c in enumerate(self.channels[1:]):
+      x = leaky_relu(_conv(c, 1, 1, 0, f"conv{i + 2}", self.dtype)(x))
+    return _conv(1, 1, 1, 0, "classifier", self.dtype)(x).astype(param_dtype(self.dtype))

@@ -1,5 +1,6 @@
 """Layers with PyTorch semantics: explicit-padding convs, torch default init, BatchNorm with frozen affine."""
 
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -24,12 +25,22 @@ def torch_bias_init(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def conv1x1_as_matmul() -> bool:
+  """Whether unpadded 1x1 convs run as a matmul (Dense1x1): on XLA:CPU, where it is the issue-13 speed-up. On an
+  H100 the convolution path measured faster (0.137 s against 0.147 s per AdaptSegNet step, docs/performance.md),
+  so accelerators keep nn.Conv. UDA_JAX_CONV1X1_MATMUL=1 / 0 forces either (benchmark ablations)."""
+  forced = os.environ.get("UDA_JAX_CONV1X1_MATMUL", "")
+  if forced in ("0", "1"):
+    return forced == "1"
+  return jax.default_backend() == "cpu"
+
+
 class Conv(nn.Module):
   """nn.Conv with PyTorch-style (kernel, stride, padding, dilation) and optional torch-default bias init.
 
-  An unpadded 1x1 conv runs as a strided slice and a matrix multiply (`Dense1x1`, same parameters): XLA:CPU
-  emits its weight gradient as a whole-image convolution with one input feature, ~18x slower than the matmul
-  (issue 13); on accelerators both lower to the same GEMM.
+  On a CPU an unpadded 1x1 conv runs as a strided slice and a matrix multiply (`Dense1x1`, same parameters):
+  XLA:CPU emits its weight gradient as a whole-image convolution with one input feature, ~18x slower than the
+  matmul (issue 13). Accelerators keep the convolution (`conv1x1_as_matmul`).
   """
 
   features: int
@@ -46,7 +57,7 @@ class Conv(nn.Module):
   def __call__(self, x):
     fan_in = x.shape[-1] * self.kernel * self.kernel
     bias_init = self.bias_init or torch_bias_init(fan_in)
-    if self.kernel == 1 and self.padding == 0:
+    if self.kernel == 1 and self.padding == 0 and conv1x1_as_matmul():
       return Dense1x1(self.features, self.stride, self.use_bias, self.kernel_init, bias_init, self.dtype,
                       name="conv")(x)
     return nn.Conv(
