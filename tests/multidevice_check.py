@@ -53,6 +53,16 @@ def main():
     jax.config.update("jax_enable_x64", True)
     c.model.dtype = "float64"
     mode = "frozen"
+  elif mode == "lsdseg":  # F, G and D (three Adam states); no dropout, whose masks depend on the device
+    import lsdseg  # pylint: disable=g-import-not-at-top
+    c = lsdseg.get_config("toy")
+    c.model.fc_dim, c.gen.width, c.disc.width = 32, 8, 8
+    c.model.fc_dropout = c.gen.dropout = c.disc.dropout = 0.0
+    # float64: Adam's first update is ~lr x sign(gradient), so float32 summation-order noise on a near-zero
+    # gradient could flip a whole lr-sized step between device counts.
+    jax.config.update("jax_enable_x64", True)
+    c.model.dtype = "float64"
+    mode = "frozen"
   else:
     c = adaptsegnet.get_config("toy")
   c.model.width = 8

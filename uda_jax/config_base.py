@@ -13,7 +13,7 @@ TOY_CLASSES = (0, 1, 2, 4, 5, 7, 8, 9, 10, 11, 13)
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada | jal_wtm | mrnet | pixel_weighted
+  c.method = "adaptsegnet"  # source_only | adaptsegnet | fada | jal_wtm | mrnet | pixel_weighted | lsdseg
   c.seed = 0
   # Directory written by `python -m uda_jax.tools.import_torch` (pretrained weights), or the workdir of an earlier
   # stage's run (its latest checkpoint: segmenter and same-named discriminators; optimizers and step restart).
@@ -21,10 +21,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from_required = ""  # stages that continue another one set this to the error shown without init_from
 
   c.model = ml_collections.ConfigDict()
-  c.model.arch = "deeplabv2_resnet"
+  c.model.arch = "deeplabv2_resnet"  # deeplabv2_resnet | deeplabv2_vgg16 | fcn8s (LSD-seg's F)
+  c.model.fc_dim = 4096  # fcn8s: channels of fc6 / fc7
+  c.model.fc_dropout = 0.5  # fcn8s: Dropout2d after fc6 and fc7
+  c.model.random_init = False  # fcn8s: He-normal convs to train from scratch (the toy); official: zeros + VGG16
   c.model.depth = 101
   c.model.blocks = ()  # per-layer block counts; empty = from depth (101: 3, 4, 23, 3)
-  c.model.width = 64  # channels of the stem; layer i has width * 2**i * 4 outputs
+  c.model.width = 64  # channels of the stem; layer i has width * 2**i * 4 outputs (fcn8s: VGG16 stages x width/64)
   c.model.layout = "caffe"  # caffe (DeepLab-v2, AdaptSegNet) | torchvision (FADA)
   c.model.num_classes = 19
   c.model.multi_level = True  # auxiliary ASPP head on layer3 + its own discriminator
@@ -59,6 +62,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.disc.front = "none"
   c.disc.count = 1
   c.disc.feature_channels = (64, 128, 256)  # pixel-wise weighted DA's D_aux: 1x1 convs, then a 1x1 classifier
+  c.disc.dropout = 0.5  # LSD-seg's patch D (its residual blocks; width = disc.width)
+
+  # LSD-seg's generator (models/lsd_networks.py): ngf and the dropout of its residual blocks.
+  c.gen = ml_collections.ConfigDict()
+  c.gen.width = 64
+  c.gen.dropout = 0.5
 
   c.loss = ml_collections.ConfigDict()
   c.loss.lambda_seg_main = 1.0
@@ -96,6 +105,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.lambda_adv_feat = 5e-4
   c.loss.weight_disc = True
   c.loss.weight_grid = "image"
+  # LSD-seg (methods/lsdseg.py): F's cross-domain adversarial weight (official adv_weight, the paper's beta) and
+  # auxiliary-labelling weight (official c_weight, the paper's alpha), G's adversarial weight, G's L1 weight; D's
+  # labelling head (False: Table 4 "w/o auxiliary loss"), patch-wise 4-way output (False: one per image);
+  # space 'image' (G + patch D) | 'feature' (Table 4 "Feature space based D": a 1x1-conv D on fc7, no G).
+  c.loss.lambda_adv_f = 0.1
+  c.loss.lambda_aux_f = 0.1
+  c.loss.lambda_adv_g = 0.1
+  c.loss.lambda_rec = 1.0
+  c.loss.aux_head = True
+  c.loss.patch_disc = True
+  c.loss.lsd_space = "image"
+  c.loss.aux_labels = "nearest"  # D's source labels: nearest | official_transposed (see methods/lsdseg.py)
+  # Segmentation cross-entropy: mean over labelled pixels (DeepLab schemes) | sum over them / batch (LSD-seg).
+  c.loss.ce_reduction = "mean"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 2.5e-4
@@ -113,6 +136,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.power = 0.9
   c.optim.decay_steps = 250_000  # poly horizon; training stops at train.num_steps
   c.optim.warmup_steps = 0  # MRNet: lr x (0.1 + 0.9 step / warmup_steps) first, then poly
+  # The segmenter's optimizer: sgd (above) | adam (LSD-seg's F: b1, b2, no weight decay, biases at bias_lr_mult x
+  # lr, FCN-8s upsamplers frozen); schedule poly (power, decay_steps, warmup) | step (x step_factor every
+  # step_every steps: LSD-seg's x0.1 every 8 epochs of min(|source|, |target|) iterations).
+  c.optim.segmenter = "sgd"
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.bias_lr_mult = 2.0
+  c.optim.schedule = "poly"
+  c.optim.step_every = 23_800
+  c.optim.step_factor = 0.1
+  # Discriminators (and LSD-seg's generator): Adam(d_lr, d_b1, d_b2), on the poly schedule or constant.
+  c.optim.d_schedule = "poly"
   c.optim.d_lr = 1e-4
   c.optim.d_b1 = 0.9
   c.optim.d_b2 = 0.99
@@ -134,6 +169,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.target_size = (512, 1024)
   c.data.eval_size = (512, 1024)
   c.data.eval_label_size = (1024, 2048)  # evaluate at full label resolution
+  c.data.eval_resize = "bicubic"  # how eval images reach eval_size: bicubic | lanczos (LSD-seg, as PIL's)
   # caffe_bgr (DeepLab Caffe weights) | vgg_bgr (Caffe VGG16 mean, FADA VGG) | imagenet (torchvision weights)
   c.data.normalization = "caffe_bgr"
   c.data.batch_size = 1  # global, per domain (1 source + 1 target)
@@ -157,6 +193,9 @@ def base_config() -> ml_collections.ConfigDict:
   # JAL + WTM evaluates the transferred decoder DecT2; True also evaluates the original Dec2 in the same pass
   # (its mIoU as the 'Dec2 mIoU' column of every result table).
   c.eval.original_decoder = False
+  # Prediction at label size: 'bilinear' (logits upsampled, align_corners, then argmax: every DeepLab code) |
+  # 'nearest' (argmax at eval size, labels upsampled nearest: LSD-seg's eval_cityscapes.py)
+  c.eval.upsample = "bilinear"
   c.eval.aux_weight = 0.0  # predict argmax(z_main + aux_weight z_aux): MRNet evaluates with 0.5
   c.eval.num_images = 8  # colourised predictions of the first N eval images: workdir/predictions + TensorBoard
 
@@ -193,7 +232,7 @@ def preset_names(arg: str | None, presets: dict, config_file: str) -> list[str]:
   return names
 
 
-def augmentation(scale=(1.0, 1.0), crop=(), flip=0.0, jitter=(0.0, 0.0, 0.0, 0.0), pad_image=0.0):
+def augmentation(scale=(1.0, 1.0), crop=(), flip=0.0, jitter=(0.0, 0.0, 0.0, 0.0), pad_image=0.0, crop_margin=None):
   """One role's data.{source,target}_aug block; the defaults are no augmentation."""
   return ml_collections.ConfigDict(dict(
       # Random scale factor range. Needs crop; relative to data.{role}_size, or the native size if that is None.
@@ -203,6 +242,8 @@ def augmentation(scale=(1.0, 1.0), crop=(), flip=0.0, jitter=(0.0, 0.0, 0.0, 0.0
       # torchvision ColorJitter strengths (brightness, contrast, saturation, hue), applied to the native image
       jitter=tuple(jitter),
       pad_image=pad_image,  # pixel value (0-255, before normalisation) of the crop's padding; label pads are 255
+      # None: the crop above (padded if needed); m >= 0: LSD-seg's unpadded crop at offsets in [0, H - h - m)
+      crop_margin=crop_margin,
   ))
 
 

@@ -13,8 +13,14 @@ from uda_jax.ops import resize_bilinear
 from uda_jax.parallel import AXIS
 
 
+def nearest_resize(pred, size: Sequence[int]):
+  """[B, h, w] ids -> [B, H, W] by PIL's NEAREST (source pixel floor((i + 0.5) * in / out))."""
+  pick = lambda n_in, n_out: np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+  return pred[:, pick(pred.shape[1], size[0])][:, :, pick(pred.shape[2], size[1])]
+
+
 def predict(forward: Callable, image, label_size: Sequence[int], scales: Sequence[float] = (1.0,),
-            flip: bool = False, with_confidence: bool = False):
+            flip: bool = False, with_confidence: bool = False, upsample: str = "bilinear"):
   """Train-id prediction [B, Hl, Wl] of `forward` (image -> logits) at the label resolution.
 
   Single scale: argmax of the logits upsampled (align_corners=True) to the label size, as every official
@@ -22,8 +28,18 @@ def predict(forward: Callable, image, label_size: Sequence[int], scales: Sequenc
   (align_corners=True) to (int(H*s), int(W*s)); the softmax of the upsampled logits is summed over scales and,
   with `flip`, over the horizontally flipped input (its prediction flipped back).
   with_confidence: returns (prediction, its softmax probability averaged over the scales and flips).
+  upsample='nearest' (LSD-seg): argmax at the input size, the ids upsampled nearest (single scale only).
   """
   label_size = tuple(label_size)
+  if upsample == "nearest":
+    if tuple(scales) != (1.0,) or flip:
+      raise ValueError("eval.upsample='nearest' is single-scale without flip")
+    z = forward(image)
+    pred = nearest_resize(jnp.argmax(z, axis=-1), label_size)
+    conf = nearest_resize(jnp.max(jax.nn.softmax(z, axis=-1), axis=-1), label_size)
+    return (pred, conf) if with_confidence else pred
+  if upsample != "bilinear":
+    raise ValueError(f"eval.upsample must be 'bilinear' or 'nearest', got {upsample!r}")
   if tuple(scales) == (1.0,) and not flip:
     logits = resize_bilinear(forward(image), label_size)
     pred = jnp.argmax(logits, axis=-1)

@@ -30,6 +30,14 @@ def cross_entropy(logits, labels, axis_name=None):
   return masked_mean(nll, valid, axis_name)
 
 
+def summed_cross_entropy(logits, labels):
+  """LSD-seg's cross_entropy2d(size_average=False) / batch: the cross-entropy summed over the pixels not labelled
+  255, over this device's batch size (pmean over devices then gives the global-batch value)."""
+  valid = labels != IGNORE
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / logits.shape[0]
+
+
 def gan_loss(d_logits, domain: float, gan: str, weight=None, weight_grid: str = "image"):
   """Discriminator-output loss against a constant domain label, averaged over the map.
 

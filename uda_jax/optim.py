@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from uda_jax.errors import UserError
+
 
 def poly(base_lr: float, decay_steps: int, power: float = 0.9):
   """lr(step) = base_lr * (1 - step / decay_steps) ** power, as the official `lr_poly`."""
@@ -21,6 +23,23 @@ def warmup_poly(optim_cfg):
   if not warm:
     return base
   return lambda step: jnp.where(step < warm, optim_cfg.lr * (0.1 + 0.9 * step / warm), base(step))
+
+
+def step_decay(base_lr: float, every: int, factor: float):
+  """lr(step) = base_lr * factor ** (step // every): LSD-seg's step_scheduler (x0.1 every 8 epochs)."""
+  return lambda step: base_lr * factor ** (step // every)
+
+
+def segmenter_schedule(optim_cfg):
+  """optim.schedule: 'poly' (with optional warm-up) or 'step' (optim.step_every, optim.step_factor)."""
+  kind = optim_cfg.get("schedule", "poly")
+  if kind == "poly":
+    return warmup_poly(optim_cfg)
+  if kind == "step":
+    if optim_cfg.step_every < 1:
+      raise UserError(f"optim.step_every={optim_cfg.step_every!r}: give a number of steps >= 1")
+    return step_decay(optim_cfg.lr, optim_cfg.step_every, optim_cfg.step_factor)
+  raise UserError(f"optim.schedule={kind!r}: choose 'poly' or 'step'")
 
 
 def param_groups(params, head_modules, train_bn: bool = False):
@@ -93,7 +112,11 @@ def segmenter_sgd(optim_cfg, params):
   `head_lr_mult` x lr; BatchNorm scale/shift frozen unless optim.train_bn (then trained and decayed with the
   backbone, as torch SGD over feature_extractor.parameters() does). optim.legacy_sgd: the official AdaptSegNet /
   MRNet loop over duplicated backbone tensors instead (`legacy_torch_sgd`)."""
-  schedule = warmup_poly(optim_cfg)
+  if optim_cfg.get("segmenter", "sgd") == "adam":
+    return segmenter_adam(optim_cfg, params)
+  if optim_cfg.get("segmenter", "sgd") != "sgd":
+    raise UserError(f"optim.segmenter={optim_cfg.segmenter!r}: choose 'sgd' or 'adam'")
+  schedule = segmenter_schedule(optim_cfg)
 
   def sgd(mult):
     if optim_cfg.get("legacy_sgd", False):
@@ -109,9 +132,31 @@ def segmenter_sgd(optim_cfg, params):
       param_groups(params, tuple(optim_cfg.head_modules), optim_cfg.train_bn))
 
 
+def segmenter_adam(optim_cfg, params):
+  """LSD-seg's F: Adam (optim.b1, b2), no weight decay, biases at optim.bias_lr_mult x lr (2x), on
+  segmenter_schedule; FCN-8s's bilinear upsamplers ('upscore*', never given to the official optimizer) frozen."""
+  flat = traverse_util.flatten_dict(params)
+  label = lambda path: ("frozen" if any(p.startswith("upscore") for p in path) else
+                        "bias" if path[-1] == "bias" else "weight")
+  schedule = segmenter_schedule(optim_cfg)
+  adam = lambda mult: optax.adam(lambda s: mult * schedule(s), b1=optim_cfg.b1, b2=optim_cfg.b2)
+  return optax.multi_transform(
+      {"weight": adam(1.0), "bias": adam(optim_cfg.bias_lr_mult), "frozen": optax.set_to_zero()},
+      traverse_util.unflatten_dict({k: label(k) for k in flat}))
+
+
+def discriminator_schedule(optim_cfg):
+  """optim.d_schedule: 'poly' (AdaptSegNet's D) or 'constant' (LSD-seg's G and D)."""
+  kind = optim_cfg.get("d_schedule", "poly")
+  if kind == "constant":
+    return optax.constant_schedule(optim_cfg.d_lr)
+  if kind != "poly":
+    raise UserError(f"optim.d_schedule={kind!r}: choose 'poly' or 'constant'")
+  return poly(optim_cfg.d_lr, optim_cfg.decay_steps, optim_cfg.power)
+
+
 def discriminator_adam(optim_cfg):
-  schedule = poly(optim_cfg.d_lr, optim_cfg.decay_steps, optim_cfg.power)
-  return optax.adam(schedule, b1=optim_cfg.d_b1, b2=optim_cfg.d_b2)
+  return optax.adam(discriminator_schedule(optim_cfg), b1=optim_cfg.d_b1, b2=optim_cfg.d_b2)
 
 
 def wtm_sgd(optim_cfg):
@@ -123,8 +168,11 @@ def wtm_sgd(optim_cfg):
 
 def learning_rates(optim_cfg, step):
   """Current learning rates for logging."""
-  lr = warmup_poly(optim_cfg)(step)
-  return {"lr_backbone": lr * optim_cfg.backbone_lr_mult, "lr_head": lr * optim_cfg.head_lr_mult,
-          "lr_d": poly(optim_cfg.d_lr, optim_cfg.decay_steps, optim_cfg.power)(step)}
+  lr = segmenter_schedule(optim_cfg)(step)
+  if optim_cfg.get("segmenter", "sgd") == "adam":
+    seg = {"lr": lr, "lr_bias": lr * optim_cfg.bias_lr_mult}
+  else:
+    seg = {"lr_backbone": lr * optim_cfg.backbone_lr_mult, "lr_head": lr * optim_cfg.head_lr_mult}
+  return {**seg, "lr_d": discriminator_schedule(optim_cfg)(step)}
 
 

@@ -152,7 +152,8 @@ def _make_step(config, mesh, seg_state):
       def body(image):
         forward = lambda x: models.prediction_logits(seg_state.apply_fn(variables, x, train=False),
                                                      float(config.eval.aux_weight))
-        pred, conf = evaluate.predict(forward, image, size, scales, flip, with_confidence=True)
+        pred, conf = evaluate.predict(forward, image, size, scales, flip, with_confidence=True,
+                                      upsample=config.eval.get("upsample", "bilinear"))
         return pred.astype(jnp.uint8), conf
       compiled[size] = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(AXIS),), out_specs=(P(AXIS), P(AXIS))))
     return compiled[size](batch["image"])
@@ -215,7 +216,9 @@ def _folder_batches(config, items):
     except tf.errors.InvalidArgumentError as e:
       raise UserError(f"{path}: not a readable image ({e.message.splitlines()[0]})") from None
     native = tuple(int(d) for d in image.shape[:2])
-    x = pipeline.normalize(augment.resize_image(image, size) if size else image, config.data.normalization).numpy()
+    if size:
+      image = augment.resize_image(image, size, config.data.get("eval_resize", "bicubic"))
+    x = pipeline.normalize(image, config.data.normalization).numpy()
     if pending and (len(pending) == gb or pending[0][2] != native):
       yield flush()
       pending = []

@@ -65,12 +65,13 @@ def guard_finite(old, new, metrics, axis_name=AXIS):
   return kept, {**metrics, **checks}
 
 
-def eval_step(seg_state, batch, *, num_classes, scales=(1.0,), flip=False, aux_weight=0.0, axis_name=AXIS):
+def eval_step(seg_state, batch, *, num_classes, scales=(1.0,), flip=False, aux_weight=0.0, upsample="bilinear",
+              axis_name=AXIS):
   """Prediction at label resolution (uint8 train ids, sharded like the batch) and the confusion matrix of one
   padded batch, summed over devices."""
   variables = {"params": seg_state.params, "batch_stats": seg_state.batch_stats}
   forward = lambda x: models.prediction_logits(seg_state.apply_fn(variables, x, train=False), aux_weight)
-  pred = evaluate.predict(forward, batch["image"], batch["label"].shape[1:3], scales, flip)
+  pred = evaluate.predict(forward, batch["image"], batch["label"].shape[1:3], scales, flip, upsample=upsample)
   cm = evaluate.confusion_matrix(pred, batch["label"], batch["mask"], num_classes)
   return {"cm": jax.lax.psum(cm, axis_name), "pred": pred.astype("uint8")}
 
@@ -83,5 +84,6 @@ def make_train_step(method, config, mesh):
 
 def make_eval_step(config, mesh):
   body = functools.partial(eval_step, num_classes=config.model.num_classes, scales=tuple(config.eval.scales),
-                           flip=bool(config.eval.flip), aux_weight=float(config.eval.aux_weight))
+                           flip=bool(config.eval.flip), aux_weight=float(config.eval.aux_weight),
+                           upsample=config.eval.get("upsample", "bilinear"))
   return jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs={"cm": P(), "pred": P(AXIS)}))

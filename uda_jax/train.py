@@ -6,8 +6,10 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from PIL import Image
 
 from uda_jax import checkpoint, evaluate, methods, optim, parallel, preemption, results, steps, visualize
 from uda_jax import workdir as run_workdir
@@ -28,6 +30,12 @@ def _class_set(config):
   if not config.eval.scales or any(not 0 < s <= 4 for s in config.eval.scales):
     raise UserError(f"eval.scales={tuple(config.eval.scales)!r}: give one or more factors in (0, 4], e.g. "
                     "(1.0,) or (0.7, 1.0, 1.3)")
+  upsample = config.eval.get("upsample", "bilinear")
+  if upsample not in ("bilinear", "nearest"):
+    raise UserError(f"eval.upsample={upsample!r}: choose 'bilinear' or 'nearest'")
+  if upsample == "nearest" and (tuple(config.eval.scales) != (1.0,) or config.eval.flip):
+    raise UserError("eval.upsample='nearest' (LSD-seg's protocol) is single-scale: set eval.scales=(1.0,) and "
+                    "eval.flip=False, or eval.upsample='bilinear'")
   return names, palette
 
 
@@ -90,11 +98,18 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
   guard = FiniteGuard(config.train.nan_policy, ckpt)
   summary = samples = None
 
+  last = {}  # the latest host batch: generative schemes draw what they make of it at each evaluation
+
+  def remember(batches):
+    for batch in batches:
+      last["batch"] = batch
+      yield batch
+
   def evaluate_and_keep_best(done):
     nonlocal summary, samples
     summary, samples = run_eval(config, states, eval_step, mesh)
     ckpt.save_if_best(done, states, summary["mIoU"])
-    _write_eval(config, workdir, writer, done, summary, samples, states)
+    _write_eval(config, workdir, writer, done, summary, samples, states, last.get("batch"))
     logging.info("step %d target mIoU %.2f", done, summary["mIoU"])
 
   # A run stopped between a checkpoint and its evaluation (SIGTERM, a kill) evaluates that step first.
@@ -102,7 +117,7 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
     evaluate_and_keep_best(start)
   # Batches are a function of (seed, step): a resumed run opens the stream at its step.
   local = local_batches(start) if start else itertools.chain([first], it)
-  data = (parallel.global_batch(b, mesh) for b in local)
+  data = (parallel.global_batch(b, mesh) for b in remember(local))
   try:
     for step in range(start, num_steps):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -227,9 +242,9 @@ def restore_for_inference(config, workdir: str, mesh, what: str):
   return states, step
 
 
-def _write_eval(config, workdir, writer, step, summary, samples, states):
-  """A periodic evaluation: scalars, prediction panels and the scheme's weight maps to TensorBoard, a row of
-  eval_history.csv."""
+def _write_eval(config, workdir, writer, step, summary, samples, states, train_batch=None):
+  """A periodic evaluation: scalars, prediction panels, the scheme's weight maps and reconstructions (of the
+  latest training batch) to TensorBoard, a row of eval_history.csv."""
   writer.write_scalars(step, {"eval/mIoU": summary["mIoU"], "eval/pixel_acc": summary["pixel_acc"],
                               **{f"eval/{k}": v for k, v in summary["extra"].items()},
                               **{f"eval/iou_{k}": v for k, v in summary["per_class"].items()}})
@@ -240,6 +255,11 @@ def _write_eval(config, workdir, writer, step, summary, samples, states):
       writer.write_images(step, {"eval/predictions": visualize.thumbnails(panels)})
     if len(maps):
       writer.write_images(step, {"eval/weight_maps": visualize.thumbnails(maps)})
+    grid = methods.reconstructions(config, states, train_batch)
+    if grid is not None:  # rows: source | G(F(source)), target | G(F(target))
+      writer.write_images(step, {"train/reconstructions": grid[None] if grid.ndim == 3 else grid})
+      visualize.save_png(Image.fromarray(np.concatenate(list(grid), axis=0)),
+                         os.path.join(workdir, "predictions", f"step{step}", "reconstructions.png"))
 
 
 def _write_predictions(config, workdir, samples, name, states):

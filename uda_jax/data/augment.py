@@ -31,6 +31,9 @@ class Augment:
   flip: float = 0.0  # Horizontal flip probability.
   jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue.
   pad_image: float = 0.0  # Pixel value (0-255, before normalisation) of the crop's padding.
+  # None: FADA's crop (padded if needed, any offset). An int m: LSD-seg's crop, never padded, its offset drawn
+  # as the official np.random.randint(0, H - h - m) (m = 50 for Cityscapes, 0 for SYNTHIA).
+  crop_margin: int | None = None
 
   @property
   def active(self) -> bool:
@@ -47,6 +50,7 @@ class Augment:
     flip = float(get("flip", 0.0))
     jitter = tuple(float(s) for s in get("jitter", (0.0,) * 4))
     pad_image = float(get("pad_image", 0.0))
+    margin = getattr(cfg, "crop_margin", None)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
       raise UserError(f"{field}.scale={scale!r}: give (low, high) with 0 < low <= high.")
     if crop and (len(crop) != 2 or min(crop) <= 0):
@@ -61,17 +65,25 @@ class Augment:
                       "hue <= 0.5 (torchvision ColorJitter strengths).")
     if not 0 <= pad_image <= 255:
       raise UserError(f"{field}.pad_image={pad_image!r}: give a pixel value in [0, 255].")
-    return cls(scale, crop or None, flip, jitter, pad_image)
+    if margin is not None and (not crop or not isinstance(margin, int) or margin < 0):
+      raise UserError(f"{field}.crop_margin={margin!r}: give a whole number of pixels >= 0 together with "
+                      f"{field}.crop, or None")
+    return cls(scale, crop or None, flip, jitter, pad_image, margin)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Geometry.
 
 
-def resize_image(image: tf.Tensor, size) -> tf.Tensor:
-  """Bicubic resize to size (H, W) -> float32 in 0-255."""
-  image = tf.image.resize(image, size, method="bicubic", antialias=True)
-  return tf.clip_by_value(image, 0.0, 255.0)  # Bicubic overshoots.
+RESIZE_METHODS = ("bicubic", "lanczos")
+
+
+def resize_image(image: tf.Tensor, size, method: str = "bicubic") -> tf.Tensor:
+  """Bicubic (or Lanczos-3, as PIL's LANCZOS that LSD-seg evaluates with) antialiased resize to size (H, W)
+  -> float32 in 0-255."""
+  image = tf.image.resize(image, size, method={"bicubic": "bicubic", "lanczos": "lanczos3"}[method],
+                          antialias=True)
+  return tf.clip_by_value(image, 0.0, 255.0)  # Both overshoot.
 
 
 def resize_label(label: tf.Tensor, size) -> tf.Tensor:
@@ -116,6 +128,26 @@ def random_crop_with_pad(image, label, seed, crop: tuple[int, int], pad_image: f
   if label is not None:
     label = tf.ensure_shape(label[top:top + crop[0], left:left + crop[1]], crop)
   return image, label
+
+
+def random_crop_inside(image, label, seed, crop: tuple[int, int], margin: int):
+  """LSD-seg's crop: a (H, W) = crop window at top-left offsets uniform in [0, size - crop - margin) (numpy's
+  exclusive randint, as the official loaders draw them), never padded: the image must be larger than crop +
+  margin on both sides (checked by the caller's message)."""
+  room = tf.shape(image)[:2] - tf.constant(crop) - margin
+  seeds = tf.random.experimental.stateless_split(seed, 2)
+  top, left = (tf.random.stateless_uniform([], seeds[k], 0, room[k], dtype=tf.int32) for k in range(2))
+  image = tf.ensure_shape(image[top:top + crop[0], left:left + crop[1]], (*crop, 3))
+  if label is not None:
+    label = tf.ensure_shape(label[top:top + crop[0], left:left + crop[1]], crop)
+  return image, label
+
+
+def crop_too_large_message(field: str, aug: "Augment", split_name: str) -> str:
+  h, w = (c + aug.crop_margin + 1 for c in aug.crop)
+  return (f"{split_name}: an image is smaller than {field}.crop={aug.crop} with crop_margin={aug.crop_margin} "
+          f"allows (LSD-seg crops without padding: at least {h}x{w} after resizing); lower the crop or set "
+          f"data.{field.split('.')[-1].removesuffix('_aug')}_size")
 
 
 def random_flip(image, label, seed, p: float):
@@ -205,8 +237,12 @@ def apply(aug: Augment, image, label, seed, size=None):
   seeds = tf.random.experimental.stateless_split(seed, 4)
   image = color_jitter(image, seeds[0], aug.jitter)
   if aug.crop is not None:
-    image, label = random_scale(image, label, seeds[1], aug.scale, size)
-    image, label = random_crop_with_pad(image, label, seeds[2], aug.crop, aug.pad_image)
+    if aug.crop_margin is None or aug.scale != (1.0, 1.0) or size is not None:
+      image, label = random_scale(image, label, seeds[1], aug.scale, size)
+    if aug.crop_margin is None:
+      image, label = random_crop_with_pad(image, label, seeds[2], aug.crop, aug.pad_image)
+    else:
+      image, label = random_crop_inside(image, label, seeds[2], aug.crop, aug.crop_margin)
   elif size is not None:
     image = resize_image(image, size)
     label = None if label is None else resize_label(label, size)

@@ -44,6 +44,12 @@ def write_palette_png(path: Path, ids: np.ndarray) -> None:
     assert back.mode == "P" and np.array_equal(np.asarray(back), ids)
 
 
+def write_camvid_colour_label(path: Path, ids: np.ndarray) -> None:
+  """CamVid's original label format: 8-bit RGB PNG, each pixel the label_colors.txt colour of its class."""
+  colours = np.array([colour for _, colour in labels_lib.CAMVID32], np.uint8)
+  write_rgb_png(path, colours[ids])
+
+
 def write_gta5_pair(root: Path, name: str, image: np.ndarray, ids: np.ndarray) -> None:
   """images/NAME.png (RGB) and labels/NAME.png (palette of Cityscapes labelIds)."""
   write_rgb_png(root / "images" / f"{name}.png", image)

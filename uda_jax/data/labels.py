@@ -84,6 +84,61 @@ CROSSCITY_ID_TO_TRAIN13 = {
     7: 0, 8: 1, 11: 2, 19: 3, 20: 4, 21: 5, 23: 6, 24: 7, 25: 8, 26: 9, 28: 10, 32: 11, 33: 12,
 }
 
+# CamVid (Brostow et al., 2009), evaluated in LSD-seg's Table 5 on "the 10 common classes" of SYNTHIA, Cityscapes
+# and CamVid with a 16- or 19-class model. Two label spaces exist on disk (builders/camvid.py stores both raw):
+# the original release's 32 colours (label_colors.txt; raw id = row in this table, Void included as 30) and
+# SegNet's 11 grouped classes (raw ids 0-10, 11 = void).
+CAMVID32 = (
+    ("Animal", (64, 128, 64)), ("Archway", (192, 0, 128)), ("Bicyclist", (0, 128, 192)),
+    ("Bridge", (0, 128, 64)), ("Building", (128, 0, 0)), ("Car", (64, 0, 128)),
+    ("CartLuggagePram", (64, 0, 192)), ("Child", (192, 128, 64)), ("Column_Pole", (192, 192, 128)),
+    ("Fence", (64, 64, 128)), ("LaneMkgsDriv", (128, 0, 192)), ("LaneMkgsNonDriv", (192, 0, 64)),
+    ("Misc_Text", (128, 128, 64)), ("MotorcycleScooter", (192, 0, 192)), ("OtherMoving", (128, 64, 64)),
+    ("ParkingBlock", (64, 192, 128)), ("Pedestrian", (64, 64, 0)), ("Road", (128, 64, 128)),
+    ("RoadShoulder", (128, 128, 192)), ("Sidewalk", (0, 0, 192)), ("SignSymbol", (192, 128, 128)),
+    ("Sky", (128, 128, 128)), ("SUVPickupTruck", (64, 128, 192)), ("TrafficCone", (0, 0, 64)),
+    ("TrafficLight", (0, 64, 64)), ("Train", (192, 64, 128)), ("Tree", (128, 128, 0)),
+    ("Truck_Bus", (192, 128, 192)), ("Tunnel", (64, 0, 64)), ("VegetationMisc", (192, 192, 0)),
+    ("Void", (0, 0, 0)), ("Wall", (64, 192, 0)),
+)
+CAMVID_SEGNET11 = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+                   "Bicyclist")  # raw ids 0-10; 11 = void
+# How the 32 classes group into SegNet's 11 (the grouping public descriptions of SegNet's CamVid give, e.g.
+# MATLAB's SegNet example). The 32-class tables fold through it, so both layouts yield the same ground truth;
+# Void and the classes not listed are ignored.
+CAMVID32_TO_SEGNET11 = {
+    "Sky": "Sky", "Bridge": "Building", "Building": "Building", "Wall": "Building", "Tunnel": "Building",
+    "Archway": "Building", "Column_Pole": "Pole", "TrafficCone": "Pole", "Road": "Road", "LaneMkgsDriv": "Road",
+    "LaneMkgsNonDriv": "Road", "Sidewalk": "Pavement", "ParkingBlock": "Pavement", "RoadShoulder": "Pavement",
+    "Tree": "Tree", "VegetationMisc": "Tree", "SignSymbol": "SignSymbol", "Misc_Text": "SignSymbol",
+    "TrafficLight": "SignSymbol", "Fence": "Fence", "Car": "Car", "SUVPickupTruck": "Car", "Truck_Bus": "Car",
+    "Train": "Car", "OtherMoving": "Car", "Pedestrian": "Pedestrian", "Child": "Pedestrian",
+    "CartLuggagePram": "Pedestrian", "Animal": "Pedestrian", "Bicyclist": "Bicyclist",
+    "MotorcycleScooter": "Bicyclist",
+}
+# The 10 common classes: SegNet's 11 without Bicyclist (SYNTHIA and Cityscapes split it into rider + bicycle).
+CAMVID_SEGNET_TO_COMMON = {
+    "Sky": "sky", "Building": "building", "Pole": "pole", "Road": "road", "Pavement": "sidewalk",
+    "Tree": "vegetation", "SignSymbol": "sign", "Fence": "fence", "Car": "car", "Pedestrian": "person",
+}
+# Positions of the 10 inside the 16- and 19-class sets, for eval.class_subset.
+SUBSET_10_OF_16 = tuple(i for i, name in enumerate(CLASS_NAMES_16) if name in CAMVID_SEGNET_TO_COMMON.values())
+SUBSET_10_OF_19 = tuple(i for i, name in enumerate(CLASS_NAMES_19) if name in CAMVID_SEGNET_TO_COMMON.values())
+CLASS_NAMES_10 = tuple(CLASS_NAMES_16[i] for i in SUBSET_10_OF_16)
+
+
+def _common_table(segnet_names, classes: tuple[str, ...]) -> dict[int, int]:
+  """{raw id: index in `classes`} for the raw ids whose SegNet class (segnet_names[raw]) is one of the 10."""
+  common = [CAMVID_SEGNET_TO_COMMON.get(name) for name in segnet_names]
+  return {raw: classes.index(name) for raw, name in enumerate(common) if name}
+
+
+_FULL_AS_SEGNET = [CAMVID32_TO_SEGNET11.get(name) for name, _ in CAMVID32]
+CAMVID_FULL_ID_TO_TRAIN16 = _common_table(_FULL_AS_SEGNET, CLASS_NAMES_16)
+CAMVID_FULL_ID_TO_TRAIN19 = _common_table(_FULL_AS_SEGNET, CLASS_NAMES_19)
+CAMVID_SEGNET_ID_TO_TRAIN16 = _common_table(CAMVID_SEGNET11, CLASS_NAMES_16)
+CAMVID_SEGNET_ID_TO_TRAIN19 = _common_table(CAMVID_SEGNET11, CLASS_NAMES_19)
+
 # Named tables the pipeline selects with `config.data.*_label_map`.
 LABEL_MAPS = {
     "cityscapes_ids_to_19": lookup_table(CITYSCAPES_ID_TO_TRAIN19),
@@ -92,6 +147,10 @@ LABEL_MAPS = {
     "synthia_ids_to_16": lookup_table(SYNTHIA_ID_TO_TRAIN16),
     "synthia_ids_to_13": lookup_table(SYNTHIA_ID_TO_TRAIN13),
     "crosscity_ids_to_13": lookup_table(CROSSCITY_ID_TO_TRAIN13),
+    "camvid_full_ids_to_16": lookup_table(CAMVID_FULL_ID_TO_TRAIN16),
+    "camvid_full_ids_to_19": lookup_table(CAMVID_FULL_ID_TO_TRAIN19),
+    "camvid_segnet_ids_to_16": lookup_table(CAMVID_SEGNET_ID_TO_TRAIN16),
+    "camvid_segnet_ids_to_19": lookup_table(CAMVID_SEGNET_ID_TO_TRAIN19),
     "identity": np.arange(256, dtype=np.uint8),
 }
 

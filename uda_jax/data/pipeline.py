@@ -21,7 +21,6 @@ of (seed, step), whatever the process count.
 """
 
 import dataclasses
-import enum
 from typing import Any, Iterator, Sequence
 import zlib
 
@@ -34,24 +33,9 @@ from uda_jax.data import builders
 from uda_jax.data import class_balance
 from uda_jax.data import labels
 from uda_jax.data.sampling import EpochSampler
+from uda_jax.data.normalization import (
+    _BGR_MEANS, IMAGENET_MEAN, IMAGENET_STD, Normalization)
 from uda_jax.errors import UserError  # A ValueError whose message main.py prints without a traceback.
-
-CAFFE_BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)  # B, G, R; 0-255 range.
-VGG_BGR_MEAN = (103.939, 116.779, 123.68)  # B, G, R: the Caffe VGG16 mean FADA's VGG configs subtract.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Normalization(str, enum.Enum):
-  """How images are fed to the network; must match what the pretrained backbone was trained with."""
-
-  CAFFE_BGR = "caffe_bgr"  # Caffe ResNet / VGG weights: BGR, 0-255, minus the mean.
-  VGG_BGR = "vgg_bgr"  # as CAFFE_BGR with the VGG16 mean (FADA's VGG16 configs).
-  IMAGENET = "imagenet"  # torchvision weights: RGB / 255, minus mean, over std.
-  UNIT = "unit"  # [0, 1] RGB.
-
-
-_BGR_MEANS = {Normalization.CAFFE_BGR: CAFFE_BGR_MEAN, Normalization.VGG_BGR: VGG_BGR_MEAN}
 
 
 def normalize(image: tf.Tensor, normalization: str | Normalization) -> tf.Tensor:
@@ -173,6 +157,7 @@ def eval_iterator(
       size_field="eval_size",
       label_size_field="eval_label_size",
       label_table=_label_table(_cfg(data_cfg, "eval_label_map", "cityscapes_ids_to_19"), "eval_label_map"),
+      resize=_cfg(data_cfg, "eval_resize", "bicubic"),
   )
   num_batches = -(-n // global_batch)
   positions = np.arange(num_batches)[:, None] * global_batch + process_index * local + np.arange(local)
@@ -249,13 +234,24 @@ class _Decoder:
   """
 
   def __init__(self, split, normalization, *, image_size, label_size, size_field, label_table,
-               label_size_field=None, aug=augment.Augment()):
-    self.split = split
+               label_size_field=None, aug=augment.Augment(), resize="bicubic"):
+    if resize not in augment.RESIZE_METHODS:
+      raise UserError(f"data.eval_resize={resize!r}: choose one of {', '.join(augment.RESIZE_METHODS)}")
+    self.split, self.resize = split, resize
     self.normalization = Normalization(normalization)
     self.image_size, self.label_size = image_size, label_size
     self.aug = aug
     self.table = None if label_table is None else tf.constant(label_table, tf.uint8)
     self.errors = []  # Messages of the size checks, to turn their failures into clear ValueErrors.
+    self.crop_check = None
+    if aug.crop is not None and aug.crop_margin is not None:  # LSD-seg's unpadded crop: the image must be larger
+      message = augment.crop_too_large_message(f"data.{size_field.removesuffix('_size')}_aug", aug, split.name)
+      least = tuple(c + aug.crop_margin + 1 for c in aug.crop)
+      if image_size is not None and any(n < m for n, m in zip(image_size, least)):
+        raise UserError(message)
+      if image_size is None:
+        self.crop_check = (least, message)
+        self.errors.append(message)
     if aug.crop is not None:
       image_size = label_size = aug.crop  # Fixed output: no native size to check.
     first = None
@@ -281,11 +277,15 @@ class _Decoder:
     example = self.split.features.deserialize_example(serialized, decoders=decoders)
     image = _check(example["image"], self.native_image)
     label = None if self.table is None else _check(example["label"], self.native_label)[..., 0]
+    if self.crop_check is not None:
+      least, message = self.crop_check
+      with tf.control_dependencies([tf.debugging.assert_greater_equal(tf.shape(image)[:2], least, message=message)]):
+        image = tf.identity(image)
     if self.aug.active:
       image, label = augment.apply(self.aug, image, label, seed, self.image_size)
     else:
       if self.image_size is not None:
-        image = augment.resize_image(image, self.image_size)
+        image = augment.resize_image(image, self.image_size, self.resize)
       if label is not None and self.label_size is not None:
         label = augment.resize_label(label, self.label_size)
     out = {"image": normalize(image, self.normalization)}

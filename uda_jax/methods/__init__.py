@@ -1,11 +1,11 @@
 """Schemes by name. Each module provides create_states(config, rng, shapes) and
 losses(params, states, batch, rng, config, axis_name) -> ({state name: loss}, {'batch_stats', 'metrics'}); and
-optionally inference_segmenters(config, states) (see `segmenters`) and visual_maps(config, states, images) (see
-`visual_maps`)."""
+optionally inference_segmenters(config, states) (see `segmenters`), visual_maps(config, states, images) (see
+`visual_maps`) and reconstructions(config, states, source_image, target_image) (see `reconstructions`)."""
 
 import importlib
 
-METHODS = ("source_only", "adaptsegnet", "fada", "jal_wtm", "mrnet", "pixel_weighted")
+METHODS = ("source_only", "adaptsegnet", "fada", "jal_wtm", "mrnet", "pixel_weighted", "lsdseg")
 
 
 def get(name: str):
@@ -34,3 +34,12 @@ def visual_maps(config, states, images) -> dict:
   images (drawn as heat maps beside the prediction panels); {} for schemes without any."""
   module = get(config.method)
   return module.visual_maps(config, states, images) if hasattr(module, "visual_maps") and len(images) else {}
+
+
+def reconstructions(config, states, batch):
+  """uint8 RGB image of what a generative scheme makes of the first source and target image of a training batch
+  (LSD-seg: each image beside G's reconstruction), or None."""
+  module = get(config.method)
+  if not hasattr(module, "reconstructions") or batch is None:
+    return None
+  return module.reconstructions(config, states, batch["source_image"], batch["target_image"])

@@ -21,9 +21,14 @@ def segment(seg_state, params, batch_stats, image, train: bool = True, rng=None)
   return {**out, **up}, mutated["batch_stats"]
 
 
-def segmentation_loss(outputs, labels, lambda_seg: dict, axis_name):
-  """Eq. (3)/(5): sum over levels of lambda_seg[level] * CE(ignore 255)."""
-  per_level = {lvl: losses.cross_entropy(outputs[lvl], labels, axis_name) for lvl in lambda_seg}
+def segmentation_loss(outputs, labels, lambda_seg: dict, axis_name, reduction: str = "mean"):
+  """Eq. (3)/(5): sum over levels of lambda_seg[level] * CE(ignore 255), averaged over labelled pixels, or summed
+  over them per image (reduction 'sum', LSD-seg; config.loss.ce_reduction)."""
+  if reduction not in ("mean", "sum"):
+    raise UserError(f"loss.ce_reduction={reduction!r}: choose 'mean' or 'sum'")
+  ce = (lambda z: losses.cross_entropy(z, labels, axis_name)) if reduction == "mean" else (
+      lambda z: losses.summed_cross_entropy(z, labels))
+  per_level = {lvl: ce(outputs[lvl]) for lvl in lambda_seg}
   return sum(lambda_seg[lvl] * per_level[lvl] for lvl in lambda_seg), per_level
 
 

@@ -16,7 +16,8 @@ def losses(params, states, batch, rng, config, axis_name=None):
   lambda_seg = {"main": cfg.lambda_seg_main, "aux": cfg.lambda_seg_aux}
   out_s, stats = common.segment(seg, params["seg"], seg.batch_stats, batch["source_image"], rng=rng)  # rng: dropout
   l_seg, per_level = common.segmentation_loss(
-      out_s, batch["source_label"], {l: lambda_seg[l] for l in common.levels(config)}, axis_name)
+      out_s, batch["source_label"], {l: lambda_seg[l] for l in common.levels(config)}, axis_name,
+      cfg.get("ce_reduction", "mean"))
   return {"seg": l_seg}, {"batch_stats": stats, "metrics": {f"seg_{l}": v for l, v in per_level.items()}}
 
 

@@ -6,10 +6,12 @@ import jax.numpy as jnp
 from uda_jax.errors import UserError
 
 from uda_jax.models.deeplab import ASPPClassifier, DeepLabV2
+from uda_jax.models.fcn8s import FCN8s
+from uda_jax.models.lsd_networks import Generator, PatchDiscriminator
 from uda_jax.models.discriminators import FRONTS, FCDiscriminator, FeatureDiscriminator, PixelDiscriminator
 from uda_jax.models.vgg import DeepLabV2VGG16
 
-ARCHS = ("deeplabv2_resnet", "deeplabv2_vgg16")
+ARCHS = ("deeplabv2_resnet", "deeplabv2_vgg16", "fcn8s")
 
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 
@@ -37,6 +39,13 @@ def build_segmenter(model_cfg, axis_name=None, remat: bool = False):
     raise UserError(f"model.head='mrnet' needs model.arch='deeplabv2_resnet', not {model_cfg.arch!r}")
   if model_cfg.head == "mrnet" and model_cfg.head_norm == "gn" and model_cfg.head_width % 32:
     raise UserError(f"model.head_width={model_cfg.head_width}: GroupNorm(32) needs a multiple of 32")
+  if model_cfg.arch == "fcn8s":  # LSD-seg's F; model.width scales VGG16's stages (64 = the real one)
+    if model_cfg.multi_level or model_cfg.head != "aspp":
+      raise UserError("model.arch='fcn8s' has one output and no DeepLab head: set model.multi_level=False and "
+                      "model.head='aspp' (the default)")
+    return FCN8s(num_classes=model_cfg.num_classes, fc_dim=model_cfg.fc_dim, width=model_cfg.width,
+                 dropout=model_cfg.get("fc_dropout", 0.5), random_init=model_cfg.get("random_init", False),
+                 dtype=dtype)
   if model_cfg.arch == "deeplabv2_vgg16":
     return DeepLabV2VGG16(num_classes=model_cfg.num_classes, aspp_dilations=tuple(model_cfg.aspp_dilations),
                           aspp_branches=model_cfg.aspp_branches, dtype=dtype, multi_level=model_cfg.multi_level)
@@ -70,6 +79,17 @@ def build_head(model_cfg):
   'features_aux' it gives that level's logits (JAL + WTM's transferred decoders apply it to new weights)."""
   return ASPPClassifier(model_cfg.num_classes, tuple(model_cfg.aspp_dilations), model_cfg.aspp_branches,
                         compute_dtype(model_cfg))
+
+
+def build_generator(config):
+  """LSD-seg's G (config.gen) in the segmenter's compute dtype."""
+  return Generator(config.gen.width, config.gen.dropout, compute_dtype(config.model))
+
+
+def build_patch_discriminator(config):
+  """LSD-seg's 4-way patch D: disc.width channels, disc.dropout; loss.aux_head / loss.patch_disc (Table 4)."""
+  return PatchDiscriminator(config.model.num_classes, config.disc.width, config.disc.dropout,
+                            config.loss.aux_head, config.loss.patch_disc, compute_dtype(config.model))
 
 
 DISCRIMINATORS = ("fc", "pixel")

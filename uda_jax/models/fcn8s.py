@@ -10,77 +10,41 @@ frozen here by a stop_gradient (`freeze_upscore`); still mask them from any weig
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-import numpy as np
 
-from uda_jax.models.layers import Conv, max_pool, param_dtype
+from uda_jax.models.layers import Conv, ConvTranspose, max_pool, param_dtype
 from uda_jax.models.vgg import VGG16_STAGES
 
 _zeros = nn.initializers.zeros
 
 
-def bilinear_kernel(key, shape, dtype=jnp.float32):
-  """Kernel (k, k, C, C) that upsamples each channel bilinearly (torchfcn `get_upsampling_weight`)."""
-  del key
-  k, _, c_in, c_out = shape
-  factor = (k + 1) // 2
-  center = factor - 1 if k % 2 == 1 else factor - 0.5
-  f = 1 - np.abs(np.arange(k) - center) / factor
-  w = np.zeros(shape, np.float32)
-  diag = np.arange(min(c_in, c_out))
-  w[:, :, diag, diag] = np.outer(f, f)[..., None]
-  return jnp.asarray(w, dtype)
-
-
-class ConvTranspose(nn.Module):
-  """PyTorch ConvTranspose2d(C, features, k, stride, padding=0, bias=False).
-
-  Param 'kernel' is (kh, kw, in, out) = torch weight (in, out, kh, kw).transpose(2, 3, 0, 1); the op is a
-  conv over the stride-dilated input with the spatially flipped kernel and full (k - 1) padding, which
-  gives torch's output size (n - 1) * stride + k.
-  """
-
-  features: int
-  kernel: int
-  stride: int
-  frozen: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    k, s = self.kernel, self.stride
-    w = self.param("kernel", bilinear_kernel, (k, k, x.shape[-1], self.features), param_dtype(self.dtype))
-    if self.frozen:
-      w = jax.lax.stop_gradient(w)
-    return jax.lax.conv_general_dilated(
-        x, w[::-1, ::-1].astype(self.dtype), (1, 1), ((k - 1, k - 1), (k - 1, k - 1)), lhs_dilation=(s, s),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
 class FCN8s(nn.Module):
   """Returns {'main': logits at input size, 'fc7' (after drop7), 'pool4', 'pool3', 'features' (= fc7)}.
 
-  `fc_dim` is 4096 in the official model (smaller only to keep tests fast). Training needs a 'dropout' rng
-  (Dropout2d: whole channels).
+  `fc_dim` is 4096 and `width` (conv1's channels; every stage scales with it) 64 in the official model; smaller
+  ones are for tests and the toy. Training needs a 'dropout' rng (Dropout2d: whole channels).
   """
 
   num_classes: int = 19
   fc_dim: int = 4096
+  width: int = 64
+  dropout: float = 0.5  # Dropout2d after fc6 and fc7
+  random_init: bool = False  # He-normal convs (trained from scratch: the toy) instead of zeros (then VGG16 copied)
   freeze_upscore: bool = True
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    conv = lambda c, k, name, pad=0: Conv(c, k, padding=pad, use_bias=True, kernel_init=_zeros, bias_init=_zeros,
-                                          dtype=self.dtype, name=name)
+    init = nn.initializers.he_normal() if self.random_init else _zeros
+    conv = lambda c, k, name, pad=0, kinit=init: Conv(c, k, padding=pad, use_bias=True, kernel_init=kinit,
+                                                      bias_init=_zeros, dtype=self.dtype, name=name)
     up = lambda k, s, name: ConvTranspose(self.num_classes, k, s, self.freeze_upscore, self.dtype, name=name)
-    drop = lambda h: nn.Dropout(0.5, broadcast_dims=(1, 2), deterministic=not train)(h)
+    drop = lambda h: nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(h)
     hw = x.shape[1:3]
     h = x.astype(self.dtype)
     for s, (c, n) in enumerate(VGG16_STAGES):
       for i in range(n):
-        h = nn.relu(conv(c, 3, f"conv{s + 1}_{i + 1}", 100 if s == i == 0 else 1)(h))
+        h = nn.relu(conv(c * self.width // 64, 3, f"conv{s + 1}_{i + 1}", 100 if s == i == 0 else 1)(h))
       h = max_pool(h, 2, 2, 0, ceil_mode=True)
       if s == 2:
         pool3 = h
@@ -90,10 +54,10 @@ class FCN8s(nn.Module):
     fc7 = drop(nn.relu(conv(self.fc_dim, 1, "fc7")(h)))
 
     crop = lambda t, o, size: t[:, o:o + size[0], o:o + size[1]]
-    h = up(4, 2, "upscore2")(conv(self.num_classes, 1, "score_fr")(fc7))
-    h = h + crop(conv(self.num_classes, 1, "score_pool4")(pool4), 5, h.shape[1:3])
+    h = up(4, 2, "upscore2")(conv(self.num_classes, 1, "score_fr", kinit=_zeros)(fc7))
+    h = h + crop(conv(self.num_classes, 1, "score_pool4", kinit=_zeros)(pool4), 5, h.shape[1:3])
     h = up(4, 2, "upscore_pool4")(h)
-    h = h + crop(conv(self.num_classes, 1, "score_pool3")(pool3), 9, h.shape[1:3])
+    h = h + crop(conv(self.num_classes, 1, "score_pool3", kinit=_zeros)(pool3), 9, h.shape[1:3])
     score = crop(up(16, 8, "upscore8")(h), 31, hw)
     f32 = lambda t: t.astype(param_dtype(self.dtype))
     return {"main": f32(score), "fc7": f32(fc7), "pool4": f32(pool4), "pool3": f32(pool3), "features": f32(fc7)}

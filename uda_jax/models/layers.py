@@ -154,6 +154,9 @@ def max_pool(x, kernel: int = 3, stride: int = 2, padding: int = 1, ceil_mode: b
     return o
 
   pads = [(padding, (out_size(n) - 1) * stride + kernel - n - padding) for n in x.shape[1:3]]
+  # Rows no window reaches (floor mode) are cut, not negatively padded (whose gradient XLA rejects).
+  x = x[:, :x.shape[1] + min(pads[0][1], 0), :x.shape[2] + min(pads[1][1], 0)]
+  pads = [(lo, max(hi, 0)) for lo, hi in pads]
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, kernel, kernel, 1), (1, stride, stride, 1),
                                ((0, 0), *pads, (0, 0)))
 
@@ -162,3 +165,50 @@ def leaky_relu(x):
   return nn.leaky_relu(x, 0.2)
 
 
+
+
+def bilinear_kernel(key, shape, dtype=jnp.float32):
+  """Kernel (k, k, C, C) that upsamples each channel bilinearly (torchfcn `get_upsampling_weight`)."""
+  del key
+  k, _, c_in, c_out = shape
+  factor = (k + 1) // 2
+  center = factor - 1 if k % 2 == 1 else factor - 0.5
+  f = 1 - np.abs(np.arange(k) - center) / factor
+  w = np.zeros(shape, np.float32)
+  diag = np.arange(min(c_in, c_out))
+  w[:, :, diag, diag] = np.outer(f, f)[..., None]
+  return jnp.asarray(w, dtype)
+
+
+class ConvTranspose(nn.Module):
+  """PyTorch ConvTranspose2d(C, features, k, stride, padding, bias=use_bias) (output_padding 0).
+
+  Param 'kernel' is (kh, kw, in, out) = torch weight (in, out, kh, kw).transpose(2, 3, 0, 1); the op is a
+  conv over the stride-dilated input with the spatially flipped kernel and (k - 1 - padding) padding (negative
+  = cropped), which gives torch's output size (n - 1) * stride - 2 * padding + k. `frozen` stops its gradient
+  (FCN-8s's bilinear upsamplers); defaults are FCN-8s's (bilinear kernel, no bias).
+  """
+
+  features: int
+  kernel: int
+  stride: int
+  frozen: bool = True
+  dtype: Any = jnp.float32
+  padding: int = 0
+  use_bias: bool = False
+  kernel_init: Any = bilinear_kernel
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k, s, pad = self.kernel, self.stride, self.kernel - 1 - self.padding
+    pdt = param_dtype(self.dtype)
+    w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), pdt)
+    if self.frozen:
+      w = jax.lax.stop_gradient(w)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), w[::-1, ::-1].astype(self.dtype), (1, 1), ((pad, pad), (pad, pad)),
+        lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.use_bias:
+      y = y + self.param("bias", self.bias_init, (self.features,), pdt).astype(self.dtype)
+    return y

@@ -1,5 +1,6 @@
 """`config.init_from`: start a segmenter from an imported checkpoint (`uda_jax.tools.import_torch`)."""
 
+import json
 import logging
 import os
 from typing import Any, Mapping
@@ -80,6 +81,15 @@ def load_states(directory: str, states: Mapping[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _imported_arch(directory: str) -> str:
+  """' (imported as ARCH)' from import_torch's report in `directory`, or ''."""
+  try:
+    with open(os.path.join(directory, "import_report.json")) as f:
+      return f" (imported as --arch {json.load(f)['arch']})"
+  except (OSError, ValueError, KeyError):
+    return ""
+
+
 def _same_shapes(a, b) -> bool:
   fa, fb = _flat(a), _flat(b)
   return fa.keys() == fb.keys() and all(tuple(np.shape(fa[k])) == tuple(fb[k].shape) for k in fa)
@@ -104,6 +114,12 @@ def merge(directory: str, restored, target_variables: Mapping[str, Any], *, stri
   leaf's dtype and, for jax.Arrays, its sharding.
   """
   src, dst = _flat(restored), _flat(target_variables)
+  params_of = lambda flat: sorted("/".join(p) for p in flat if p[0] == "params")
+  if params_of(src) and not set(p for p in src if p[0] == "params") & set(dst):
+    raise UserError(f"init_from {directory!r} holds weights of another architecture{_imported_arch(directory)}: "
+                    f"none of its {len(params_of(src))} parameters exists in this model (its first is "
+                    f"{params_of(src)[0]!r}, this model's {params_of(dst)[0]!r}); check model.arch or give "
+                    "weights imported for it")
   mismatched = [f"  {'/'.join(p)}: checkpoint {tuple(np.shape(a))}, model {tuple(dst[p].shape)}"
                 for p, a in src.items() if p in dst and tuple(np.shape(a)) != tuple(dst[p].shape)]
   if mismatched:
