@@ -3,19 +3,21 @@
 # (its source-only stage, then its adversarial stage from that checkpoint), with two controls from the same
 # checkpoint: source only continued with FADA's source input (colour jitter, class balancing), and FADA's
 # binary-discriminator baseline; and JAL + WTM (JAL alone, then JAL with both weight transfer modules), whose
-# multi-level baseline is the multi-level AdaptSegNet row; and MRNet, + GenMap (T = 0.9), + GenMap + DisMap.
+# multi-level baseline is the multi-level AdaptSegNet row; and MRNet, + GenMap (T = 0.9), + GenMap + DisMap; and
+# LSD-seg against its own source-only FCN-8s (same network, losses and optimizer without G and D).
 #   bash launch/toy_table.sh runs/toy_table        (about 5 minutes a run on a 2-core CPU)
 #   VARIANTS="fada_src fada" bash launch/toy_table.sh runs/toy_table      (some variants only)
 set -euo pipefail
 root=${1:-runs/toy_table}
 seeds=${SEEDS:-"0 1 2"}
-variants=${VARIANTS:-"source_only single_level multi_level oracle fada_src fada fada_src_jitter fada_binary jal jal_wtm mrnet genmap genmap_dismap"}
+variants=${VARIANTS:-"source_only single_level multi_level oracle fada_src fada fada_src_jitter fada_binary jal jal_wtm mrnet genmap genmap_dismap lsdseg_src lsdseg"}
 declare -A configs=([source_only]="adaptsegnet.py:toy,source_only" [single_level]="adaptsegnet.py:toy,single_level"
                     [multi_level]="adaptsegnet.py:toy" [oracle]="adaptsegnet.py:toy,oracle"
                     [fada_src]="fada.py:toy,src" [fada]="fada.py:toy,adv" [fada_binary]="fada.py:toy,adv,binary"
                     [fada_src_jitter]="fada.py:toy,src" [jal]="jal_wtm.py:toy,jal" [jal_wtm]="jal_wtm.py:toy"
                     [mrnet]="pixel_weighted.py:toy,mrnet" [genmap]="pixel_weighted.py:toy,genmap"
-                    [genmap_dismap]="pixel_weighted.py:toy")
+                    [genmap_dismap]="pixel_weighted.py:toy" [lsdseg_src]="lsdseg.py:toy,source_only"
+                    [lsdseg]="lsdseg.py:toy")
 for variant in $variants; do
   for seed in $seeds; do
     dir="$root/$variant/seed$seed"

@@ -1,4 +1,5 @@
-"""CPU speed-ups (issue 13): the 1x1 conv as a matmul, and the XLA:CPU flags, change no result."""
+"""CPU speed-ups (issue 13): the 1x1 conv as a matmul, transposed convs in sub-pixel form, and the XLA:CPU
+flags change no result."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 
 from uda_jax import xla_flags
 from uda_jax.models import layers
-from uda_jax.models.layers import Conv, normal_001, torch_bias_init
+from uda_jax.models.layers import Conv, ConvTranspose, normal_001, torch_bias_init
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,6 +71,37 @@ def test_1x1_runs_as_a_matmul_on_cpu_only_unless_forced(monkeypatch, backend, fo
   params = model.init(jax.random.key(0), x)
   jaxpr = str(jax.make_jaxpr(model.apply)(params, x))
   assert ("dot_general" in jaxpr, "conv_general_dilated" in jaxpr) == (matmul, not matmul)
+
+
+# (k, stride, padding): FCN-8s's upscore (4, 2, 0) and (16, 8, 0); LSD-seg G's (3, 2, 1), (5, 2, 2) and its last
+# (8, 2, 100), whose padding crops more than a kernel; k not a multiple of s; k < s.
+@pytest.mark.parametrize("k,s,p", [(4, 2, 0), (16, 8, 0), (3, 2, 1), (5, 2, 2), (8, 2, 100), (5, 3, 4), (2, 3, 0)])
+def test_subpixel_transposed_conv_equals_the_dilated_form_in_values_and_gradients(k, s, p):
+  n = 3 + -(-2 * p // s)  # big enough that the output is not empty
+  x = jax.random.normal(jax.random.key(0), (2, n, n + 2, 3))
+  w = jax.random.normal(jax.random.key(1), (k, k, 3, 4))
+  y_sub, y_dil = layers.conv_transpose_subpixel(x, w, s, p), layers.conv_transpose_dilated(x, w, s, p)
+  assert y_sub.shape == y_dil.shape == (2, (n - 1) * s - 2 * p + k, (n + 1) * s - 2 * p + k, 4)
+  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # float32 sums
+  close(y_sub, y_dil)
+  g = jax.random.normal(jax.random.key(2), y_dil.shape)
+  grads = [jax.grad(lambda x, w: (f(x, w, s, p) * g).sum(), (0, 1))(x, w)
+           for f in (layers.conv_transpose_subpixel, layers.conv_transpose_dilated)]
+  jax.tree.map(close, *grads)
+
+
+@pytest.mark.parametrize("backend,forced,subpixel", [("cpu", "", True), ("gpu", "", False), ("cpu", "0", False),
+                                                     ("tpu", "1", True)])
+def test_transposed_convs_run_in_subpixel_form_on_cpu_only_unless_forced(monkeypatch, backend, forced, subpixel):
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: backend)
+  monkeypatch.setenv("UDA_JAX_SUBPIXEL_DECONV", forced)
+  x = jax.numpy.ones((1, 4, 4, 3))
+  model = ConvTranspose(3, 4, 2, frozen=False)
+  params = model.init(jax.random.key(0), x)
+  assert ("lhs_dilation=(2, 2)" in str(jax.make_jaxpr(model.apply)(params, x))) == (not subpixel)
+  y = model.apply(params, x)
+  monkeypatch.setenv("UDA_JAX_SUBPIXEL_DECONV", "1" if forced == "0" else "0")  # the other path, same params
+  np.testing.assert_allclose(model.apply(params, x), y, rtol=1e-5, atol=1e-6)
 
 
 def test_flags_are_appended_on_cpu_only(monkeypatch):

@@ -25,14 +25,26 @@ def torch_bias_init(fan_in: int):
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def _cpu_rewrite(env: str) -> bool:
+  """Whether a CPU-only rewrite applies: on XLA:CPU, unless the environment variable forces it on (1) or off (0)."""
+  forced = os.environ.get(env, "")
+  if forced in ("0", "1"):
+    return forced == "1"
+  return jax.default_backend() == "cpu"
+
+
 def conv1x1_as_matmul() -> bool:
   """Whether unpadded 1x1 convs run as a matmul (Dense1x1): on XLA:CPU, where it is the issue-13 speed-up. On an
   H100 the convolution path measured faster (0.137 s against 0.147 s per AdaptSegNet step, docs/performance.md),
   so accelerators keep nn.Conv. UDA_JAX_CONV1X1_MATMUL=1 / 0 forces either (benchmark ablations)."""
-  forced = os.environ.get("UDA_JAX_CONV1X1_MATMUL", "")
-  if forced in ("0", "1"):
-    return forced == "1"
-  return jax.default_backend() == "cpu"
+  return _cpu_rewrite("UDA_JAX_CONV1X1_MATMUL")
+
+
+def conv_transpose_as_subpixel() -> bool:
+  """Whether strided transposed convs run as `conv_transpose_subpixel`: on XLA:CPU, whose weight gradient of the
+  input-dilated form takes seconds (docs/performance.md); accelerators keep the dilated form, which cuDNN runs as
+  its own transposed convolution. UDA_JAX_SUBPIXEL_DECONV=1 / 0 forces either."""
+  return _cpu_rewrite("UDA_JAX_SUBPIXEL_DECONV")
 
 
 class Conv(nn.Module):
@@ -183,10 +195,11 @@ def bilinear_kernel(key, shape, dtype=jnp.float32):
 class ConvTranspose(nn.Module):
   """PyTorch ConvTranspose2d(C, features, k, stride, padding, bias=use_bias) (output_padding 0).
 
-  Param 'kernel' is (kh, kw, in, out) = torch weight (in, out, kh, kw).transpose(2, 3, 0, 1); the op is a
-  conv over the stride-dilated input with the spatially flipped kernel and (k - 1 - padding) padding (negative
-  = cropped), which gives torch's output size (n - 1) * stride - 2 * padding + k. `frozen` stops its gradient
-  (FCN-8s's bilinear upsamplers); defaults are FCN-8s's (bilinear kernel, no bias).
+  Param 'kernel' is (kh, kw, in, out) = torch weight (in, out, kh, kw).transpose(2, 3, 0, 1); output size
+  (n - 1) * stride - 2 * padding + k as torch's. On accelerators the op is a conv over the stride-dilated input
+  (`conv_transpose_dilated`), on XLA:CPU its sub-pixel form (`conv_transpose_subpixel`: same sums, s^2 fewer
+  FLOPs). `frozen` stops its gradient (FCN-8s's bilinear upsamplers); defaults are FCN-8s's (bilinear kernel,
+  no bias).
   """
 
   features: int
@@ -201,14 +214,49 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    k, s, pad = self.kernel, self.stride, self.kernel - 1 - self.padding
-    pdt = param_dtype(self.dtype)
-    w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), pdt)
+    k = self.kernel
+    w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), param_dtype(self.dtype))
     if self.frozen:
       w = jax.lax.stop_gradient(w)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), w[::-1, ::-1].astype(self.dtype), (1, 1), ((pad, pad), (pad, pad)),
-        lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, w = x.astype(self.dtype), w.astype(self.dtype)
+    if self.stride > 1 and conv_transpose_as_subpixel():
+      y = conv_transpose_subpixel(x, w, self.stride, self.padding)
+    else:
+      y = conv_transpose_dilated(x, w, self.stride, self.padding)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), pdt).astype(self.dtype)
+      y = y + self.param("bias", self.bias_init, (self.features,), param_dtype(self.dtype)).astype(self.dtype)
     return y
+
+
+def conv_transpose_dilated(x, w, s: int, p: int):
+  """torch conv_transpose2d(x, w, stride s, padding p) as a conv over the s-dilated input with the flipped kernel
+  and (k - 1 - p) padding (negative = cropped)."""
+  pad = w.shape[0] - 1 - p
+  return jax.lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((pad, pad), (pad, pad)), lhs_dilation=(s, s),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_transpose_subpixel(x, w, s: int, p: int):
+  """The same transposed conv without multiplying inserted zeros: output pixel o = q s + r - p (phase r) sums
+  x[q - m] W[m s + r] over m < ceil(k / s), so each of the s x s phases is a stride-1 conv of the undilated input
+  with a ceil(k / s)-tap sub-kernel. One conv computes all phases (stacked on the output channels), a
+  depth-to-space interleaves them and a slice applies the padding: s^2 fewer FLOPs, and a weight gradient XLA:CPU
+  runs like any conv's (the dilated form's took 0.5-10 s per layer of LSD-seg's generator at 320x640)."""
+  k, _, c_in, c_out = w.shape
+  m = -(-k // s)
+  w = jnp.pad(w, ((0, m * s - k), (0, m * s - k), (0, 0), (0, 0)))
+  # [mh, rh, mw, rw, in, out] -> [mh, mw, in, (rh, rw, out)], flipped: the correlation sums x[q - m].
+  w = w.reshape(m, s, m, s, c_in, c_out).transpose(0, 2, 4, 1, 3, 5).reshape(m, m, c_in, s * s * c_out)[::-1, ::-1]
+  crop, pads, window = [], [], []
+  for n in x.shape[1:3]:
+    size = (n - 1) * s - 2 * p + k  # torch's output size
+    q0, q1 = p // s, (size - 1 + p) // s  # the phase rows that reach the output
+    lo, hi = m - 1 - q0, q1 - (n - 1)  # input rows needed before 0 / after n - 1 (negative: rows unused)
+    crop.append(slice(max(-lo, 0), n - max(-hi, 0)))
+    pads.append((max(lo, 0), max(hi, 0)))
+    window.append(slice(p - q0 * s, p - q0 * s + size))
+  y = jax.lax.conv_general_dilated(x[:, crop[0], crop[1]], w, (1, 1), pads,
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  n, qh, qw, _ = y.shape
+  y = y.reshape(n, qh, qw, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s, qw * s, c_out)
+  return y[:, window[0], window[1]]
