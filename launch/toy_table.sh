@@ -5,7 +5,7 @@
 # binary-discriminator baseline; and JAL + WTM (JAL alone, then JAL with both weight transfer modules), whose
 # multi-level baseline is the multi-level AdaptSegNet row; and MRNet, + GenMap (T = 0.9), + GenMap + DisMap; and
 # LSD-seg against its own source-only FCN-8s (same network, losses and optimizer without G and D).
-#   bash launch/toy_table.sh runs/toy_table        (about 5 minutes a run on a 2-core CPU)
+#   bash launch/toy_table.sh runs/toy_table        (about 5 minutes a run on a 2-core CPU; an LSD-seg one 45)
 #   VARIANTS="fada_src fada" bash launch/toy_table.sh runs/toy_table      (some variants only)
 set -euo pipefail
 root=${1:-runs/toy_table}
