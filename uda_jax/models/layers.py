@@ -214,8 +214,8 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    k = self.kernel
-    w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), param_dtype(self.dtype))
+    k, pdt = self.kernel, param_dtype(self.dtype)
+    w = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), pdt)
     if self.frozen:
       w = jax.lax.stop_gradient(w)
     x, w = x.astype(self.dtype), w.astype(self.dtype)
@@ -224,7 +224,7 @@ class ConvTranspose(nn.Module):
     else:
       y = conv_transpose_dilated(x, w, self.stride, self.padding)
     if self.use_bias:
-      y = y + self.param("bias", self.bias_init, (self.features,), param_dtype(self.dtype)).astype(self.dtype)
+      y = y + self.param("bias", self.bias_init, (self.features,), pdt).astype(self.dtype)
     return y
 
 
@@ -257,6 +257,6 @@ def conv_transpose_subpixel(x, w, s: int, p: int):
     window.append(slice(p - q0 * s, p - q0 * s + size))
   y = jax.lax.conv_general_dilated(x[:, crop[0], crop[1]], w, (1, 1), pads,
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  n, qh, qw, _ = y.shape
-  y = y.reshape(n, qh, qw, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n, qh * s, qw * s, c_out)
+  b, qh, qw, _ = y.shape
+  y = y.reshape(b, qh, qw, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(b, qh * s, qw * s, c_out)
   return y[:, window[0], window[1]]
