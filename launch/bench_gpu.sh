@@ -6,20 +6,27 @@
 #   bash launch/bench_gpu.sh fada       # FADA the same (2+2); the 1x1-as-conv ablation; the JAL + WTM step
 #   bash launch/bench_gpu.sh memory     # FADA 4+4 with and without remat; the pixel-weighted step
 #   bash launch/bench_gpu.sh last       # pixel-weighted; FADA 1+1 vs PyTorch; FADA 2+2 buffer assignment; remat
+#   BUDGET=540 bash launch/bench_gpu.sh lease   # one short lease: FADA 2+2 fp32 vs PyTorch, pixel-weighted,
+#                                       # FADA bf16 vs PyTorch, AdaptSegNet fp32 vs PyTorch, while time is left
 #
 # Logs go to $OUT (or ./bench_logs). JAX does not preallocate, so that PyTorch, timed after it in the same
 # process, finds the memory JAX's step did not use; each run has a time limit (LIMIT, seconds, default 400:
-# compiling a ResNet-101 step at these sizes takes 50-115 s on an H100).
+# compiling a ResNet-101 step at these sizes takes 50-115 s on an H100). BUDGET (seconds, optional) bounds the
+# whole script: each run gets at most what is left of it, and a run is skipped once under 100 s are left.
 set -u
+t_end=$(( SECONDS + ${BUDGET:-100000} ))
 out=${OUT:-bench_logs}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
-big=(--size "720,1280" --target_size "512,1024")
+read -r -a big <<< "${SIZES:---size 720,1280 --target_size 512,1024}"  # SIZES: other sizes, for a smoke test
 
 run() {  # name, bench flags...
   local name=$1; shift
-  echo "== $name: python3 -m uda_jax.bench $*"
-  timeout "${LIMIT:-400}" python3 -m uda_jax.bench "$@" > "$out/$name.log" 2>&1
+  local left=$(( t_end - SECONDS )) limit=${LIMIT:-400}
+  if (( left < 100 )); then echo "== $name: skipped (${left} s of BUDGET left)"; return; fi
+  (( left < limit )) && limit=$left
+  echo "== $name (limit ${limit} s): python3 -m uda_jax.bench $*"
+  timeout "$limit" python3 -m uda_jax.bench "$@" > "$out/$name.log" 2>&1
   echo "   exit $?"
   grep -E '^ *[a-z_0-9]+: ' "$out/$name.log" || tail -n 15 "$out/$name.log"
 }
@@ -51,5 +58,16 @@ case "${1:-compare}" in
     [ -n "$f" ] && gzip -c "$f" > "$out/fada22_buffer_assignment.txt.gz"
     run asn_f32_remat --config configs/adaptsegnet.py "${big[@]}" --steps 10 --config.train.remat=True
     ;;
-  *) echo "unknown part '$1' (compare | fada | memory | last)" >&2; exit 2 ;;
+  lease)
+    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+      python3 -m pip list 2>/dev/null | grep -E '^(jax|jaxlib|jax-cuda[0-9]+-plugin|flax|optax|torch) '
+    } > "$out/machine.txt" 2>&1
+    LIMIT=${LIMIT:-230} run fada_f32 --config configs/fada.py:adv "${big[@]}" --steps 5 --compare_torch \
+      --config.data.batch_size=2
+    run pixel_f32 --config configs/pixel_weighted.py "${big[@]}" --steps 10
+    LIMIT=${LIMIT:-230} run fada_bf16 --config configs/fada.py:adv "${big[@]}" --steps 5 --compare_torch \
+      --config.data.batch_size=2 --config.model.dtype=bfloat16
+    run asn_f32 --config configs/adaptsegnet.py "${big[@]}" --steps 10 --compare_torch
+    ;;
+  *) echo "unknown part '$1' (compare | fada | memory | last | lease)" >&2; exit 2 ;;
 esac
