@@ -140,6 +140,7 @@ def test_cli_prints_every_field_on_the_real_input_pipeline(toy_data_dir):
   assert achieved == pytest.approx(gflops / step_s / 1e3, rel=1e-4)
   assert mfu == pytest.approx(achieved / 0.05, rel=1e-4) and printed["peak_source"] == "--peak_tflops"
   assert float(printed["peak_device_memory_gib"]) > 0 and "memory_analysis" in printed["peak_memory_source"]
+  assert float(printed["gb_accessed_per_step"]) > 0
   assert float(printed["input_s"]) > 0 and math.isfinite(float(printed["input_wait_s"]))
   assert 0 <= float(printed["input_wait_fraction"]) < 1
 
@@ -180,6 +181,20 @@ print(jax.device_count(), direct / bench.step_flops(method, config, mesh, states
   # 2 devices x one image each ~ 1 device x both images: the count is the whole global step (the replicated
   # optimizer update is counted once per device, a few per cent on this tiny network).
   assert devices == "2" and float(reloaded) == 1.0 and float(single) == pytest.approx(1.0, rel=0.05)
+
+
+def test_bytes_accessed_show_batch_statistics_as_memory_traffic():
+  """The compile-only benchmark reports XLA's bytes accessed on the CPU: the same network with training-mode
+  BatchNorm (its reductions and their gradients) moves more bytes than with frozen statistics, for ~equal FLOPs."""
+  got = {}
+  for mode in ("frozen", "batch_stats"):
+    c = _config()
+    c.model.bn_mode = mode
+    got[mode] = bench.benchmark(c, SIZE, 0)
+    assert got[mode]["mfu"].startswith("n/a") and "step_s" not in got[mode]
+  frozen, stats = got["frozen"], got["batch_stats"]
+  assert 0 < frozen["gb_accessed_per_step"] < stats["gb_accessed_per_step"]
+  assert stats["gflops_per_step"] == pytest.approx(frozen["gflops_per_step"], rel=0.05)
 
 
 def test_peak_table_matches_device_kinds_and_precisions():

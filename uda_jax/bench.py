@@ -21,6 +21,7 @@ Printed fields:
                           uda_jax/peak_flops.py (V100 ... H200, TPU v4 ... v6e) at the precision model.dtype runs
                           at on the device (--precision to pick another), or from --peak_tflops, or, on a CPU,
                           from --measure_peak (the best of a few 2048x2048 float32 matmuls). n/a when none is known.
+  gb_accessed_per_step    (CPU only) XLA's count of the bytes the compiled step reads and writes, all devices
   peak_device_memory_gib  device 0's peak_bytes_in_use where the runtime reports it (GPU, TPU), else XLA's memory
                           analysis of the step (CPU); peak_memory_source says which.
   input_s                 median host time per step to produce a batch and place it on the devices: next(iterator)
@@ -40,6 +41,7 @@ is one line on stderr and exit status 2.
 """
 
 import itertools
+import math
 import os
 import time
 
@@ -118,7 +120,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
           "batch": f"{b}+{b}" if images == 2 * b else f"{b}", "input": input_mode,
           "compile_s": time.perf_counter() - t0,
           "gflops_per_step": step_flops(method, config, mesh, states, gb, lowered) / 1e9,
-          **_memory_analysis(compiled)}
+          **_memory_analysis(compiled), **_bytes_accessed(compiled, mesh)}
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
   states, step_s = _time_compute(compiled, states, gb, num_steps)
@@ -195,6 +197,18 @@ def _memory_analysis(compiled) -> dict:
   total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
   return {"peak_device_memory_gib": total / 2**30,
           "peak_memory_source": "XLA memory_analysis (arguments + outputs + temporaries - donated)"}
+
+
+def _bytes_accessed(compiled, mesh) -> dict:
+  """XLA's count of the bytes the compiled step reads and writes, per device x devices; on a CPU only, since a
+  GPU's analysis counts its convolutions (cuDNN custom calls) as nothing. Beside the FLOPs it shows memory-bound
+  work: how fusion split the elementwise passes (docs/performance.md, 'Where the rest of the CPU gap is')."""
+  if jax.default_backend() != "cpu":
+    return {}
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  accessed = float((cost or {}).get("bytes accessed", float("nan")))
+  return {"gb_accessed_per_step": accessed * mesh.size / 1e9} if math.isfinite(accessed) else {}
 
 
 def _runtime_peak_memory() -> dict:
