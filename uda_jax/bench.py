@@ -150,10 +150,14 @@ def step_flops(method, config, mesh, states, gb, lowered=None) -> float:
     share = lambda a: jax.ShapeDtypeStruct((a.shape[0] // mesh.size, *a.shape[1:]), a.dtype)
     lowered = steps.make_train_step(method, config, cpu_mesh).lower(
         jax.tree.map(shape, states), jax.tree.map(share, gb), jnp.int32(0))
-  cost = lowered.cost_analysis()
+  return _cost(lowered, "flops") * mesh.size
+
+
+def _cost(analysed, key: str) -> float:
+  """One figure of XLA's cost analysis of a lowered or compiled program (NaN where it gives none)."""
+  cost = analysed.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  per_device = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  return per_device * mesh.size
+  return float((cost or {}).get(key, float("nan")))
 
 
 def _time_compute(compiled, states, gb, num_steps):
@@ -205,9 +209,7 @@ def _bytes_accessed(compiled, mesh) -> dict:
   work: how fusion split the elementwise passes (docs/performance.md, 'Where the rest of the CPU gap is')."""
   if jax.default_backend() != "cpu":
     return {}
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  accessed = float((cost or {}).get("bytes accessed", float("nan")))
+  accessed = _cost(compiled, "bytes accessed")
   return {"gb_accessed_per_step": accessed * mesh.size / 1e9} if math.isfinite(accessed) else {}
 
 
