@@ -52,6 +52,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from uda_jax import cli, methods, parallel, peak_flops, steps, xla_flags
+from uda_jax.kernels import batch_norm as bn_kernel
 from uda_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:presets].", lock_config=True)
@@ -121,6 +122,8 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
           "compile_s": time.perf_counter() - t0,
           "gflops_per_step": step_flops(method, config, mesh, states, gb, lowered) / 1e9,
           **_memory_analysis(compiled), **_bytes_accessed(compiled, mesh)}
+  if jax.default_backend() == "cpu":
+    info["cpu_bn_kernel"] = bn_kernel.enabled()  # training-mode BatchNorm as a C++ kernel (uda_jax.kernels)
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
   states, step_s = _time_compute(compiled, states, gb, num_steps)
@@ -206,7 +209,8 @@ def _memory_analysis(compiled) -> dict:
 def _bytes_accessed(compiled, mesh) -> dict:
   """XLA's count of the bytes the compiled step reads and writes, per device x devices; on a CPU only, since a
   GPU's analysis counts its convolutions (cuDNN custom calls) as nothing. Beside the FLOPs it shows memory-bound
-  work: how fusion split the elementwise passes (docs/performance.md, 'Where the rest of the CPU gap is')."""
+  work: how fusion split the elementwise passes (docs/performance.md, 'Where the rest of the CPU gap is'). Custom
+  calls count as nothing here too, so the CPU BatchNorm kernel's own traffic is not in it."""
   if jax.default_backend() != "cpu":
     return {}
   accessed = _cost(compiled, "bytes accessed")

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uda_jax.kernels import batch_norm as batch_norm_kernel
+
 # DeepLab's official init: every conv N(0, 0.01) (then overwritten by pretrained weights).
 normal_001 = nn.initializers.normal(0.01)
 # PyTorch's default conv init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)).
@@ -113,7 +115,8 @@ class BatchNorm(nn.Module):
     over every device on `axis_name`; the scale/shift are trained when the optimizer is told so
     (optim.train_bn).
   `axis_name` pmeans the running-statistics update so replicas stay identical; in 'batch_stats' mode the
-  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs.
+  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU, the
+  statistics, normalisation and gradient run as one C++ kernel each way (`uda_jax.kernels.batch_norm`).
   """
 
   mode: str = "batch_stats"
@@ -133,14 +136,17 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), dt))
     x32 = x.astype(dt)
     sync = self.mode == "sync" and self.axis_name is not None and not self.is_initializing()
+    y = None
     if train and self.mode in ("batch_stats", "sync"):
-      mean = x32.mean((0, 1, 2))
       n = x.size // c
       if sync:  # global mean and variance from per-device first and second moments
-        mean, sq = jax.lax.pmean((mean, jnp.square(x32).mean((0, 1, 2))), self.axis_name)
+        mean, sq = jax.lax.pmean((x32.mean((0, 1, 2)), jnp.square(x32).mean((0, 1, 2))), self.axis_name)
         var = jnp.maximum(sq - jnp.square(mean), 0.0)
         n *= jax.lax.psum(1, self.axis_name)
+      elif dt == jnp.float32 and batch_norm_kernel.enabled():  # XLA:CPU: one C++ pass each way (issue 13)
+        y, mean, var = batch_norm_kernel.batch_norm_train(x32, scale, bias, self.eps)
       else:
+        mean = x32.mean((0, 1, 2))
         var = jnp.square(x32 - mean).mean((0, 1, 2))
       if not self.is_initializing():
         new_mean = jax.lax.stop_gradient(mean)
@@ -151,7 +157,8 @@ class BatchNorm(nn.Module):
         ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * new_var
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (x32 - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
+    if y is None:
+      y = (x32 - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
     return y.astype(x.dtype)
 
 

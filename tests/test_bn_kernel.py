@@ -1,0 +1,151 @@
+"""The CPU BatchNorm kernel (issue 13): same values and gradients as XLA's BatchNorm, in the layer and the whole
+step; built once into its cache; a missing compiler falls back with a warning, or is an error when forced."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uda_jax import parallel, steps
+from uda_jax.kernels import batch_norm as bn_kernel
+from uda_jax.kernels import build
+from uda_jax.models import layers
+from step_utils import init, random_batch
+
+needs_compiler = pytest.mark.skipif(build.compiler() is None, reason="no C++ compiler to build the kernel")
+
+
+def _xla_batch_norm(x, scale, bias, eps):
+  mean = x.mean(tuple(range(x.ndim - 1)))
+  var = jnp.square(x - mean).mean(tuple(range(x.ndim - 1)))
+  return (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias, mean, var
+
+
+def _close(a, b):  # float32 sums in a different order: relative to the largest entry
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6 * float(np.abs(b).max()))
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 17, 33, 64), (1, 9, 13, 300)])
+def test_kernel_equals_xla_batch_norm_in_values_and_gradients(shape):
+  assert bn_kernel.enabled()
+  k = jax.random.split(jax.random.key(0), 6)
+  c = shape[-1]
+  x = jax.random.normal(k[0], shape) * 3 + 1.5  # an offset mean: the variance must be centred
+  scale, bias = jax.random.uniform(k[1], (c,)) + 0.5, jax.random.normal(k[2], (c,))
+  w, wm, wv = jax.random.normal(k[3], shape), jax.random.normal(k[4], (c,)), jax.random.normal(k[5], (c,))
+
+  def loss(f):  # cotangents reach y through a ReLU and the returned mean and variance directly
+    def l(x, s, b):
+      y, m, v = f(x, s, b, 1e-5)
+      return jnp.sum(jax.nn.relu(y) * w) + jnp.sum(m * wm) + jnp.sum(v * wv)
+    return jax.jit(jax.value_and_grad(l, argnums=(0, 1, 2)))
+
+  ours, ref = jax.jit(bn_kernel.batch_norm_train, static_argnums=3), jax.jit(_xla_batch_norm, static_argnums=3)
+  jax.tree.map(_close, ours(x, scale, bias, 1e-5), ref(x, scale, bias, 1e-5))
+  (l_ours, g_ours), (l_ref, g_ref) = loss(bn_kernel.batch_norm_train)(x, scale, bias), loss(_xla_batch_norm)(
+      x, scale, bias)
+  assert float(l_ours) == pytest.approx(float(l_ref), rel=1e-5)
+  jax.tree.map(_close, g_ours, g_ref)
+  assert "uda_batch_norm_backward" in jax.jit(jax.grad(lambda x: bn_kernel.batch_norm_train(
+      x, scale, bias, 1e-5)[0].sum())).lower(x).as_text()
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtype):
+  x = (jax.random.normal(jax.random.key(1), (2, 6, 10, 16)) * 2 - 1).astype(dtype)
+  bn = layers.BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=True)
+
+  def run():
+    def f(params, x):
+      y, new = bn.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, new)
+    jaxpr = str(jax.make_jaxpr(f)(variables["params"], x))
+    (_, (y, new)), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(variables["params"], x)
+    return ("uda_batch_norm_forward" in jaxpr), (y.astype(jnp.float32), new, jax.tree.map(
+        lambda g: g.astype(jnp.float32), grads))
+
+  monkeypatch.setenv(bn_kernel.ENV, "1")
+  used, ours = run()
+  monkeypatch.setenv(bn_kernel.ENV, "0")
+  unused, ref = run()
+  assert used and not unused
+  if dtype == jnp.bfloat16:  # both normalise in float32; y rounds to bfloat16 once, so may differ by one ulp
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-2, atol=1e-2)
+    return
+  jax.tree.map(_close, ours, ref)
+
+
+@needs_compiler
+def test_training_step_with_the_kernel_equals_the_xla_step(monkeypatch, toy_config):
+  batch = random_batch()
+  results = {}
+  for forced in ("1", "0"):
+    monkeypatch.setenv(bn_kernel.ENV, forced)
+    method, mesh, states = init(toy_config, batch)
+    new, metrics = steps.make_train_step(method, toy_config, mesh)(states, parallel.global_batch(batch, mesh),
+                                                                   jnp.int32(0))
+    results[forced] = jax.device_get((new, metrics))
+  (new_k, m_k), (new_x, m_x) = results["1"], results["0"]
+  for key in ("loss_seg", "loss_adv_main"):
+    if key in m_x:
+      assert float(m_k[key]) == pytest.approx(float(m_x[key]), rel=1e-5), key
+  moved = 0
+  for name in new_x:
+    for a, b in zip(jax.tree.leaves(new_k[name]), jax.tree.leaves(new_x[name]), strict=True):
+      if np.issubdtype(np.asarray(b).dtype, np.floating):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(float(np.abs(b).max()), 1e-3))
+        moved += 1
+  assert moved > 10
+
+
+def test_build_writes_one_library_and_reuses_it(tmp_path, monkeypatch):
+  if build.compiler() is None:
+    pytest.skip("no C++ compiler")
+  monkeypatch.setenv("UDA_JAX_KERNEL_CACHE", str(tmp_path))
+  path = build.build("batch_norm_cpu.cc")
+  assert os.path.dirname(path) == str(tmp_path) and os.listdir(tmp_path) == [os.path.basename(path)]
+  stamp = os.stat(path).st_mtime_ns
+  assert build.build("batch_norm_cpu.cc") == path and os.stat(path).st_mtime_ns == stamp  # not rebuilt
+
+
+def test_a_missing_or_failing_compiler_is_named_and_leaves_no_file(tmp_path, monkeypatch):
+  monkeypatch.setenv("UDA_JAX_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+  with pytest.raises(build.BuildError, match="no C.. compiler found"):
+    build.build("batch_norm_cpu.cc")
+  monkeypatch.setenv("CXX", "false")  # exits 1: a compiler that fails
+  with pytest.raises(build.BuildError, match="batch_norm_cpu.cc did not compile"):
+    build.build("batch_norm_cpu.cc")
+  assert os.listdir(tmp_path) == []  # no half-written library
+
+
+def test_without_a_compiler_training_falls_back_unless_the_kernel_is_forced(tmp_path, monkeypatch):
+  monkeypatch.setenv("UDA_JAX_KERNEL_CACHE", str(tmp_path))
+  monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+  monkeypatch.setattr(bn_kernel, "_load", bn_kernel._load.__wrapped__)  # not the process's cached build
+  monkeypatch.setenv(bn_kernel.ENV, "")
+  assert not bn_kernel.enabled()
+  x = jnp.ones((1, 2, 2, 3))
+  bn = layers.BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=True)
+  y, _ = bn.apply(variables, x, train=True, mutable=["batch_stats"])  # XLA's BatchNorm
+  np.testing.assert_allclose(y, 0.0, atol=1e-6)
+  monkeypatch.setenv(bn_kernel.ENV, "1")
+  with pytest.raises(build.BuildError, match="UDA_JAX_BN_KERNEL=1 but .* no C.. compiler"):
+    bn_kernel.enabled()
+  monkeypatch.setenv(bn_kernel.ENV, "yes")
+  with pytest.raises(build.BuildError, match="UDA_JAX_BN_KERNEL must be 0 or 1, got 'yes'"):
+    bn_kernel.enabled()
+
+
+def test_the_kernel_is_for_cpu_backends_only(monkeypatch):
+  monkeypatch.setattr(bn_kernel.jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(bn_kernel, "_load", lambda: pytest.fail("built for a GPU run"))
+  for forced in ("", "1"):
+    monkeypatch.setenv(bn_kernel.ENV, forced)
+    assert not bn_kernel.enabled()

@@ -1,0 +1,96 @@
+"""Training-mode BatchNorm on XLA:CPU as one C++ kernel forward and one backward (issue 13).
+
+XLA:CPU splits BatchNorm into separate elementwise passes and reductions, each reading a full-size tensor that the
+previous one wrote; over the 104 layers x 2 images of the ResNet-101 AdaptSegNet step that cost ~2.9 s of a 12 s
+step at 256x512, about what freezing the statistics saves (docs/performance.md). `batch_norm_train` computes the
+batch statistics, the normalisation and the gradient (also through the returned mean and variance) in
+`batch_norm_cpu.cc` as PyTorch's CPU kernels do, in float32 with the statistics' partial sums added in double.
+
+`layers.BatchNorm` uses it in training with per-device batch statistics ('batch_stats') on a CPU backend for
+float32 (and bfloat16, normalised in float32); 'sync', 'frozen', evaluation, float64 and accelerators keep the XLA
+expression. UDA_JAX_BN_KERNEL=0 turns it off; =1 makes a failed build an error instead of a warning and a fallback.
+"""
+
+import ctypes
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uda_jax.kernels import build
+
+ENV = "UDA_JAX_BN_KERNEL"
+_FORWARD = "uda_batch_norm_forward"
+_BACKWARD = "uda_batch_norm_backward"
+
+
+@functools.cache
+def _load() -> str | None:
+  """Builds and registers the kernels once per process: None on success, else why they are unavailable."""
+  try:
+    lib = ctypes.cdll.LoadLibrary(build.build("batch_norm_cpu.cc"))
+  except (build.BuildError, OSError) as e:
+    return str(e)
+  jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.UdaBatchNormForward), platform="cpu")
+  jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.UdaBatchNormBackward), platform="cpu")
+  return None
+
+
+@functools.cache
+def _warn_fallback(why: str):
+  logging.warning("The CPU BatchNorm kernel is unavailable, so training uses XLA's slower BatchNorm "
+                  "(docs/performance.md); %s=0 silences this. %s", ENV, why)
+
+
+def enabled() -> bool:
+  """Whether training-mode BatchNorm runs as the kernel: on a CPU backend, when it builds (see module doc)."""
+  forced = os.environ.get(ENV, "")
+  if forced not in ("", "0", "1"):
+    raise build.BuildError(f"{ENV} must be 0 or 1, got {forced!r}")
+  if forced == "0" or jax.default_backend() != "cpu":
+    return False
+  why_not = _load()
+  if why_not is None:
+    return True
+  if forced == "1":
+    raise build.BuildError(f"{ENV}=1 but the CPU BatchNorm kernel is unavailable: {why_not}")
+  _warn_fallback(why_not)
+  return False
+
+
+def _vary_like(x, outs):
+  """Custom-call results carry no shard_map varying axes: give them x's, as the values are per device."""
+  axes = tuple(sorted(jax.typeof(x).manual_axis_type.varying))
+  return tuple(o if not axes or jax.typeof(o).manual_axis_type.varying else jax.lax.pcast(o, axes, to="varying")
+               for o in outs)
+
+
+def _call(name, like, args, eps):
+  c = like.shape[-1]
+  vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+  outs = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct(like.shape, jnp.float32), vec, vec))(*args, eps=np.float32(eps))
+  return _vary_like(like, outs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, eps: float):
+  """(y, mean, biased var) of a float32 (..., C) x over all but its last axis; y = (x - mean) scale
+  / sqrt(var + eps) + bias. Differentiable in x, scale, bias, also through mean and var."""
+  return tuple(_call(_FORWARD, x, (x, scale, bias), eps))
+
+
+def _forward(x, scale, bias, eps):
+  y, mean, var = _call(_FORWARD, x, (x, scale, bias), eps)
+  return (y, mean, var), (x, mean, var, scale)
+
+
+def _backward(eps, residuals, cotangents):
+  x, mean, var, scale = residuals
+  dy, dmean, dvar = cotangents
+  return tuple(_call(_BACKWARD, x, (dy, x, mean, var, scale, dmean, dvar), eps))
+
+
+batch_norm_train.defvjp(_forward, _backward)

@@ -1,0 +1,182 @@
+// Training-mode BatchNorm on XLA:CPU as two XLA FFI handlers (issue 13): one forward and one backward pass per
+// layer, as PyTorch's CPU kernels do. XLA:CPU splits BatchNorm into separate elementwise passes and reductions that
+// each re-read a full tensor (docs/performance.md); here the statistics, the normalisation and the gradient run as
+// tight loops over the (rows, channels) view of an NHWC float32 tensor, parallel over rows on XLA's thread pool.
+// uda_jax/kernels/batch_norm.py builds, registers and differentiates them.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+namespace {
+
+struct Progress {
+  std::atomic<int64_t> next{0}, done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+};
+
+// Runs body(i) for every i in [0, n) on the calling thread and the pool's threads. A pool task that starts late
+// finds no chunk left and touches only the shared Progress, so the caller returns once every chunk is done.
+template <typename Body>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Body& body) {
+  auto progress = std::make_shared<Progress>();
+  auto run = [progress, n, &body]() {
+    int64_t i, mine = 0;
+    while ((i = progress->next.fetch_add(1)) < n) {
+      body(i);
+      ++mine;
+    }
+    if (mine > 0 && progress->done.fetch_add(mine) + mine == n) {
+      std::lock_guard<std::mutex> lock(progress->mu);
+      progress->cv.notify_all();
+    }
+  };
+  for (int64_t w = 0, helpers = std::min<int64_t>(pool.num_threads(), n - 1); w < helpers; ++w) {
+    auto task = run;
+    pool.Schedule(std::move(task));
+  }
+  run();
+  std::unique_lock<std::mutex> lock(progress->mu);
+  progress->cv.wait(lock, [&] { return progress->done.load() == n; });
+}
+
+// Row blocks: enough to share among threads, each long enough that its per-channel partial sums stay cheap.
+struct Rows {
+  int64_t m, c, blocks;
+  Rows(int64_t elements, int64_t channels)
+      : m(elements / channels), c(channels), blocks(std::max<int64_t>(1, std::min<int64_t>(64, m / 16))) {}
+  int64_t begin(int64_t b) const { return m * b / blocks; }
+  int64_t end(int64_t b) const { return m * (b + 1) / blocks; }
+};
+
+// `count` sums per channel over all rows (term(r, acc) adds row r into acc[j * c + k]): float partial sums per block, added in double.
+template <typename Term>
+void ChannelSums(ffi::ThreadPool& pool, const Rows& rows, const Term& term, int count, double* out) {
+  std::vector<float> part(rows.blocks * rows.c * count);
+  ParallelFor(pool, rows.blocks, [&](int64_t b) {
+    float* acc = part.data() + b * rows.c * count;
+    std::fill(acc, acc + rows.c * count, 0.f);
+    for (int64_t r = rows.begin(b); r < rows.end(b); ++r) term(r, acc);
+  });
+  std::fill(out, out + rows.c * count, 0.0);
+  for (int64_t b = 0; b < rows.blocks; ++b)
+    for (int64_t k = 0; k < rows.c * count; ++k) out[k] += part[b * rows.c * count + k];
+}
+
+}  // namespace
+
+// y = (x - mean) * scale / sqrt(var + eps) + bias with the batch's mean and biased variance (two passes for the
+// statistics, as XLA's path computes them, then one for y).
+static ffi::Error BatchNormForward(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, float eps, F32Out y,
+                                   F32Out mean, F32Out var) {
+  const Rows rows(x.element_count(), x.dimensions().back());
+  const int64_t c = rows.c;
+  const float* px = x.typed_data();
+  std::vector<double> sums(c);
+  ChannelSums(pool, rows, [&](int64_t r, float* acc) {
+    const float* xr = px + r * c;
+    for (int64_t k = 0; k < c; ++k) acc[k] += xr[k];
+  }, 1, sums.data());
+  float* pm = mean->typed_data();
+  for (int64_t k = 0; k < c; ++k) pm[k] = static_cast<float>(sums[k] / rows.m);
+  ChannelSums(pool, rows, [&](int64_t r, float* acc) {
+    const float* xr = px + r * c;
+    for (int64_t k = 0; k < c; ++k) {
+      const float d = xr[k] - pm[k];
+      acc[k] += d * d;
+    }
+  }, 1, sums.data());
+  float* pv = var->typed_data();
+  std::vector<float> a(c), b(c);
+  for (int64_t k = 0; k < c; ++k) {
+    pv[k] = static_cast<float>(sums[k] / rows.m);
+    a[k] = scale.typed_data()[k] / std::sqrt(pv[k] + eps);
+    b[k] = bias.typed_data()[k] - pm[k] * a[k];
+  }
+  float* py = y->typed_data();
+  ParallelFor(pool, rows.blocks, [&](int64_t blk) {
+    for (int64_t r = rows.begin(blk); r < rows.end(blk); ++r) {
+      const float* xr = px + r * c;
+      float* yr = py + r * c;
+      for (int64_t k = 0; k < c; ++k) yr[k] = xr[k] * a[k] + b[k];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// Gradient of BatchNormForward from dy and the cotangents of its mean and var outputs: one pass for the sums of
+// dy and dy * (x - mean), one for dx.
+static ffi::Error BatchNormBackward(ffi::ThreadPool pool, F32 dy, F32 x, F32 mean, F32 var, F32 scale, F32 dmean,
+                                    F32 dvar, float eps, F32Out dx, F32Out dscale, F32Out dbias) {
+  const Rows rows(x.element_count(), x.dimensions().back());
+  const int64_t c = rows.c;
+  const float *px = x.typed_data(), *pd = dy.typed_data(), *pm = mean.typed_data();
+  std::vector<double> sums(2 * c);  // sum dy, then sum dy * (x - mean)
+  ChannelSums(pool, rows, [&](int64_t r, float* acc) {
+    const float *xr = px + r * c, *dr = pd + r * c;
+    for (int64_t k = 0; k < c; ++k) {
+      acc[k] += dr[k];
+      acc[c + k] += dr[k] * (xr[k] - pm[k]);
+    }
+  }, 2, sums.data());
+  std::vector<float> a(c), cx(c), c0(c);
+  const float m = static_cast<float>(rows.m);
+  for (int64_t k = 0; k < c; ++k) {
+    const float inv = 1.f / std::sqrt(var.typed_data()[k] + eps);
+    const float s1 = static_cast<float>(sums[k]), s2 = static_cast<float>(sums[c + k]);
+    a[k] = scale.typed_data()[k] * inv;
+    // dx = a dy + cx x + c0: through the normalisation, the mean and the variance, plus the returned statistics'
+    // own cotangents (d mean / dx = 1 / m, d var / dx = 2 (x - mean) / m).
+    cx[k] = -a[k] * inv * inv * s2 / m + 2.f * dvar.typed_data()[k] / m;
+    c0[k] = -a[k] * s1 / m + dmean.typed_data()[k] / m - cx[k] * pm[k];
+    dscale->typed_data()[k] = s2 * inv;
+    dbias->typed_data()[k] = s1;
+  }
+  float* po = dx->typed_data();
+  ParallelFor(pool, rows.blocks, [&](int64_t blk) {
+    for (int64_t r = rows.begin(blk); r < rows.end(blk); ++r) {
+      const float *xr = px + r * c, *dr = pd + r * c;
+      float* o = po + r * c;
+      for (int64_t k = 0; k < c; ++k) o[k] = a[k] * dr[k] + cx[k] * xr[k] + c0[k];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaBatchNormForward, BatchNormForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()  // x (..., C)
+                                  .Arg<F32>()  // scale (C,)
+                                  .Arg<F32>()  // bias (C,)
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // y
+                                  .Ret<F32>()  // mean
+                                  .Ret<F32>());  // biased var
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaBatchNormBackward, BatchNormBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()  // dy
+                                  .Arg<F32>()  // x
+                                  .Arg<F32>()  // mean
+                                  .Arg<F32>()  // var
+                                  .Arg<F32>()  // scale
+                                  .Arg<F32>()  // d mean
+                                  .Arg<F32>()  // d var
+                                  .Attr<float>("eps")
+                                  .Ret<F32>()  // dx
+                                  .Ret<F32>()  // d scale
+                                  .Ret<F32>());  // d bias
