@@ -149,3 +149,20 @@ def test_the_kernel_is_for_cpu_backends_only(monkeypatch):
   for forced in ("", "1"):
     monkeypatch.setenv(bn_kernel.ENV, forced)
     assert not bn_kernel.enabled()
+
+
+@needs_compiler
+def test_unmapped_scale_and_bias_get_the_device_summed_gradient_under_shard_map(monkeypatch):
+  mesh = parallel.make_mesh()
+  x = jax.device_put(jax.random.normal(jax.random.key(2), (mesh.size * 2, 5, 7, 8)) + 1.0,
+                     jax.NamedSharding(mesh, jax.P("data")))
+  scale, bias = jnp.linspace(0.5, 1.5, 8), jnp.linspace(-1.0, 1.0, 8)
+
+  def grads(f):
+    def body(scale, bias, x):  # scale and bias unmapped (replicated), x split over 'data'
+      y = f(x, scale, bias, 1e-5)[0]
+      return jax.lax.psum(jnp.sum(jnp.sin(y)), "data")
+    loss = jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), jax.P(), jax.P("data")), out_specs=jax.P())
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(scale, bias, x)
+
+  jax.tree.map(_close, grads(bn_kernel.batch_norm_train), grads(_xla_batch_norm))

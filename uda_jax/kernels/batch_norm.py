@@ -62,10 +62,12 @@ def enabled() -> bool:
 
 
 def _vary_like(x, outs):
-  """Custom-call results carry no shard_map varying axes: give them x's, as the values are per device."""
+  """Inside shard_map, give `outs` x's varying axes: custom-call results carry none though their values are per
+  device, and an unmapped scale or bias must vary before it meets the per-device kernel, so that JAX sums its
+  gradient over devices (the transpose of that cast), as it does for XLA's BatchNorm."""
   axes = tuple(sorted(jax.typeof(x).manual_axis_type.varying))
-  return tuple(o if not axes or jax.typeof(o).manual_axis_type.varying else jax.lax.pcast(o, axes, to="varying")
-               for o in outs)
+  missing = lambda o: tuple(a for a in axes if a not in jax.typeof(o).manual_axis_type.varying)
+  return tuple(jax.lax.pcast(o, missing(o), to="varying") if missing(o) else o for o in outs)
 
 
 def _call(name, like, args, eps):
@@ -75,10 +77,18 @@ def _call(name, like, args, eps):
   return _vary_like(like, outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x, scale, bias, eps: float):
   """(y, mean, biased var) of a float32 (..., C) x over all but its last axis; y = (x - mean) scale
   / sqrt(var + eps) + bias. Differentiable in x, scale, bias, also through mean and var."""
+  why_not = _load()
+  if why_not is not None:
+    raise build.BuildError(why_not)
+  scale, bias = _vary_like(x, (scale, bias))
+  return _batch_norm(x, scale, bias, eps)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _batch_norm(x, scale, bias, eps):
   return tuple(_call(_FORWARD, x, (x, scale, bias), eps))
 
 
@@ -93,4 +103,4 @@ def _backward(eps, residuals, cotangents):
   return tuple(_call(_BACKWARD, x, (dy, x, mean, var, scale, dmean, dvar), eps))
 
 
-batch_norm_train.defvjp(_forward, _backward)
+_batch_norm.defvjp(_forward, _backward)
