@@ -115,8 +115,9 @@ class BatchNorm(nn.Module):
     over every device on `axis_name`; the scale/shift are trained when the optimizer is told so
     (optim.train_bn).
   `axis_name` pmeans the running-statistics update so replicas stay identical; in 'batch_stats' mode the
-  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU, the
-  statistics, normalisation and gradient run as one C++ kernel each way (`uda_jax.kernels.batch_norm`).
+  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU with
+  UDA_JAX_BN_KERNEL=1, statistics, normalisation and gradient run as one C++ kernel each way
+  (`uda_jax.kernels.batch_norm`).
   """
 
   mode: str = "batch_stats"
