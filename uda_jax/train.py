@@ -1,5 +1,6 @@
 """Training and evaluation loops, top to bottom."""
 
+import contextlib
 import itertools
 import os
 import time
@@ -145,8 +146,11 @@ def _train(config, workdir, method, mesh, local_batches, it, first):
         guard.flush()
         evaluate_and_keep_best(done)
     guard.flush()
-  except RunStopped:
-    ckpt.close()  # the saves in flight hold checked states: let them finish
+  except Exception as e:
+    with contextlib.suppress(Exception):  # a writer failing too (a full disk) must not hide this error
+      writer.flush()  # the steps' log lines (written on clu's thread) before the one error line main prints
+    if isinstance(e, RunStopped):
+      ckpt.close()  # the saves in flight hold checked states: let them finish
     raise
   finally:
     preempted.close()

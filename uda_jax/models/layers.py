@@ -1,6 +1,5 @@
 """Layers with PyTorch semantics: explicit-padding convs, torch default init, BatchNorm with frozen affine."""
 
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -8,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uda_jax import switches
 from uda_jax.kernels import batch_norm as batch_norm_kernel
 
 # DeepLab's official init: every conv N(0, 0.01) (then overwritten by pretrained weights).
@@ -29,10 +29,8 @@ def torch_bias_init(fan_in: int):
 
 def _cpu_rewrite(env: str) -> bool:
   """Whether a CPU-only rewrite applies: on XLA:CPU, unless the environment variable forces it on (1) or off (0)."""
-  forced = os.environ.get(env, "")
-  if forced in ("0", "1"):
-    return forced == "1"
-  return jax.default_backend() == "cpu"
+  forced = switches.forced(env)
+  return jax.default_backend() == "cpu" if forced is None else forced
 
 
 def conv1x1_as_matmul() -> bool:
@@ -115,9 +113,8 @@ class BatchNorm(nn.Module):
     over every device on `axis_name`; the scale/shift are trained when the optimizer is told so
     (optim.train_bn).
   `axis_name` pmeans the running-statistics update so replicas stay identical; in 'batch_stats' mode the
-  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU with
-  UDA_JAX_BN_KERNEL=1, statistics, normalisation and gradient run as one C++ kernel each way
-  (`uda_jax.kernels.batch_norm`).
+  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU, the
+  statistics, normalisation and gradient run as one C++ kernel each way (`uda_jax.kernels.batch_norm`).
   """
 
   mode: str = "batch_stats"
