@@ -259,3 +259,34 @@ def test_benchmark_on_the_real_input_pipeline_reports_the_input_wait(tiny_toy_co
   assert r["input_s"] > 0 and r["input_wait_s"] >= 0 and math.isfinite(r["input_wait_s"])
   assert r["mfu"] == pytest.approx(r["achieved_tflops_per_s"] / 1e-3)
   assert 0 < bench.measure_peak_tflops(n=256, repeats=2) < 1e4
+
+
+def test_variants_are_compiled_under_their_switches_and_timed_against_the_default(tiny_toy_config, monkeypatch):
+  seen = []
+  make = bench.steps.make_train_step
+
+  def recording(*args, **kwargs):  # the switches are read while the step is traced: record them then
+    seen.append({k: os.environ.get(k) for k in ("UDA_JAX_BN_KERNEL", "UDA_JAX_NARROW_CONV_MATMUL")})
+    return make(*args, **kwargs)
+
+  monkeypatch.setattr(bench.steps, "make_train_step", recording)
+  monkeypatch.setenv("UDA_JAX_NARROW_CONV_MATMUL", "1")
+  variants = [bench.parse_variant("UDA_JAX_BN_KERNEL=0"),
+              bench.parse_variant("UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_BN_KERNEL=1")]
+  r = bench.compare_variants(tiny_toy_config, (32, 64), 2, variants)
+  assert seen == [{"UDA_JAX_BN_KERNEL": None, "UDA_JAX_NARROW_CONV_MATMUL": "1"},
+                  {"UDA_JAX_BN_KERNEL": "0", "UDA_JAX_NARROW_CONV_MATMUL": "1"},
+                  {"UDA_JAX_BN_KERNEL": "1", "UDA_JAX_NARROW_CONV_MATMUL": "0"}]
+  assert "UDA_JAX_BN_KERNEL" not in os.environ and os.environ["UDA_JAX_NARROW_CONV_MATMUL"] == "1"  # restored
+  assert r["variant_2"] == "UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_BN_KERNEL=1"
+  for j in (1, 2):
+    assert r[f"variant_{j}_step_s"] > 0
+    assert r[f"variant_{j}_over_default"] == pytest.approx(r[f"variant_{j}_step_s"] / r["step_s"])
+
+
+def test_variant_mistakes_name_the_value():
+  for text in ("UDA_JAX_BN_KERNEL=on", "BN_KERNEL=0", "UDA_JAX_BN_KERNEL", ","):
+    with pytest.raises(UserError, match="--variant"):
+      bench.parse_variant(text)
+  out, _ = _bench_cli("--variant", "UDA_JAX_BN_KERNEL=0", "--compare_torch", "--steps", "1")
+  assert out.returncode == 2 and "--variant times steps on random inputs alone" in out.stderr

@@ -36,6 +36,15 @@ step time and the ratio ours / torch:
 
   python -m uda_jax.bench --config configs/adaptsegnet.py --size 256,512 --steps 3 --compare_torch
 
+--variant ENV=V[,ENV=V] (repeatable) also compiles the step with those UDA_JAX_* switches set (they are read when
+the step is traced) and times it alternately with the default step in the same process, printing each one's
+median (variant_N_step_s) and its ratio to the default's. On a noisy machine that is the A/B to trust: on the
+2-core VM of docs/performance.md single runs of one step spread by up to 25% between processes, while alternating
+steps in one process repeat to a few per cent.
+
+  python -m uda_jax.bench --config configs/adaptsegnet.py --size 256,512 --steps 4 \
+      --variant UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_STRIDED_CONV_S2D=0
+
 A mistake in the flags or the config (a bad --precision, a batch the devices do not divide, a missing dataset)
 is one line on stderr and exit status 2.
 """
@@ -69,6 +78,9 @@ _PRECISION = flags.DEFINE_enum("precision", None, list(peak_flops.PRECISIONS),
 _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "Also time the official PyTorch iteration of the same network on the same inputs "
     "(needs: pip install -e '.[torch]') and print the ratio of the step times.")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", [], "ENV=V[,ENV=V]: also time the step compiled with these UDA_JAX_* switches, alternating with the "
+    "default step in one process (see the module doc).")
 flags.register_validator("peak_tflops", lambda v: v is None or v > 0, "--peak_tflops must be a positive number")
 
 
@@ -138,6 +150,54 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
     info["mfu"] = achieved / (peak * 1e12 * jax.device_count())
   else:
     info["mfu"] = "n/a (pass --peak_tflops or --measure_peak)"
+  return info
+
+
+def parse_variant(text: str) -> dict:
+  """'UDA_JAX_A=0,UDA_JAX_B=1' -> {name: value}; a UserError names what is wrong."""
+  out = {}
+  for item in filter(None, text.split(",")):
+    name, sep, value = item.partition("=")
+    if not sep or not name.startswith("UDA_JAX_") or value not in ("0", "1"):
+      raise UserError(f"--variant={text!r}: give UDA_JAX_NAME=0 or =1, comma-separated (got {item!r})")
+    out[name] = value
+  if not out:
+    raise UserError(f"--variant={text!r}: give at least one UDA_JAX_NAME=0|1")
+  return out
+
+
+def compare_variants(config, size, num_steps, variants, target_size=None) -> dict:
+  """Median step time of the default step and of the step compiled under each variant's environment, timed in
+  rounds that run each once (the same states and batch throughout), and each variant's ratio to the default."""
+  method = methods.get(config.method)
+  mesh = parallel.make_mesh()
+  batch = random_batch(config, size, target_size, config.data.batch_size // jax.process_count())
+  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
+  gb = parallel.global_batch(batch, mesh)
+  compiled = []
+  for env in [{}] + variants:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      compiled.append(steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0)).compile())
+    finally:
+      for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    states, m = compiled[-1](states, gb, jnp.int32(0))  # warm-up
+    jax.block_until_ready(m)
+  times = [[] for _ in compiled]
+  for i in range(num_steps):
+    for j, step in enumerate(compiled):
+      t0 = time.perf_counter()
+      states, m = step(states, gb, jnp.int32(i + 1))
+      jax.block_until_ready(m)
+      times[j].append(time.perf_counter() - t0)
+  medians = [float(np.median(t)) for t in times]
+  info = {"step_s": medians[0]}
+  for j, env in enumerate(variants, 1):
+    info[f"variant_{j}"] = ",".join(f"{k}={v}" for k, v in env.items())
+    info[f"variant_{j}_step_s"] = medians[j]
+    info[f"variant_{j}_over_default"] = medians[j] / medians[0]
   return info
 
 
@@ -284,11 +344,17 @@ def main(argv):
   try:
     size = _parse_size(_SIZE.value, "size")
     target = _parse_size(_TARGET_SIZE.value, "target_size") if _TARGET_SIZE.value else None
+    variants = [parse_variant(v) for v in _VARIANTS.value]
+    if variants and (_COMPARE_TORCH.value or _INPUT.value != "random" or _STEPS.value == 0):
+      raise UserError("--variant times steps on random inputs alone: drop --compare_torch, --input and --steps 0")
     if _COMPARE_TORCH.value:  # fail before the long part: a missing torch or an unsupported config
       if _INPUT.value != "random":
         raise UserError("--compare_torch times both steps on the same random inputs: use --input=random")
       from uda_jax import bench_torch  # pylint: disable=g-import-not-at-top
       bench_torch.check(config, _STEPS.value)
+    if variants:
+      _print(compare_variants(config, size, _STEPS.value, variants, target))
+      return
     peak, source = resolve_peak(config, _PEAK_TFLOPS.value, _MEASURE_PEAK.value, _PRECISION.value)
     r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak)
   except UserError as e:
@@ -299,7 +365,11 @@ def main(argv):
     r = {**r, "torch": t["torch_version"], "torch_threads": t["torch_threads"], "torch_step_s": t["torch_step_s"],
          **({"torch_peak_memory_gib": t["torch_peak_memory_gib"]} if t["torch_peak_memory_gib"] else {}),
          "ratio_ours_over_torch": r["step_s"] / t["torch_step_s"]}
-  for k, v in r.items():
+  _print(r)
+
+
+def _print(fields: dict):
+  for k, v in fields.items():
     print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}", flush=True)
 
 

@@ -14,6 +14,16 @@ def make_mesh(devices=None) -> Mesh:
   return Mesh(np.asarray(devices if devices is not None else jax.devices()), (AXIS,))
 
 
+def vary_like(x, *arrays):
+  """Inside shard_map, give `arrays` x's varying axes (outside it, returns them as they are). Custom calls and
+  custom_vjp rules need it: a custom-call result carries no varying axes though its values are per device, and
+  an unmapped parameter must vary before it meets per-device data in a custom_vjp, so that JAX sums its gradient
+  over devices (the transpose of that cast), as it does inside its own ops."""
+  axes = tuple(sorted(jax.typeof(x).manual_axis_type.varying))
+  missing = lambda a: tuple(n for n in axes if n not in jax.typeof(a).manual_axis_type.varying)
+  return tuple(jax.lax.pcast(a, missing(a), to="varying") if missing(a) else a for a in arrays)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uda_jax import switches
+from uda_jax import parallel, switches
 from uda_jax.kernels import build
 
 ENV = "UDA_JAX_BN_KERNEL"
@@ -64,20 +64,11 @@ def enabled() -> bool:
   return False
 
 
-def _vary_like(x, outs):
-  """Inside shard_map, give `outs` x's varying axes: custom-call results carry none though their values are per
-  device, and an unmapped scale or bias must vary before it meets the per-device kernel, so that JAX sums its
-  gradient over devices (the transpose of that cast), as it does for XLA's BatchNorm."""
-  axes = tuple(sorted(jax.typeof(x).manual_axis_type.varying))
-  missing = lambda o: tuple(a for a in axes if a not in jax.typeof(o).manual_axis_type.varying)
-  return tuple(jax.lax.pcast(o, missing(o), to="varying") if missing(o) else o for o in outs)
-
-
 def _call(name, like, args, eps):
   c = like.shape[-1]
   vec = jax.ShapeDtypeStruct((c,), jnp.float32)
   outs = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct(like.shape, jnp.float32), vec, vec))(*args, eps=np.float32(eps))
-  return _vary_like(like, outs)
+  return parallel.vary_like(like, *outs)
 
 
 def batch_norm_train(x, scale, bias, eps: float):
@@ -86,7 +77,7 @@ def batch_norm_train(x, scale, bias, eps: float):
   why_not = _load()
   if why_not is not None:
     raise build.BuildError(why_not)
-  scale, bias = _vary_like(x, (scale, bias))
+  scale, bias = parallel.vary_like(x, scale, bias)
   return _batch_norm(x, scale, bias, eps)
 
 

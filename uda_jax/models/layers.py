@@ -1,5 +1,6 @@
 """Layers with PyTorch semantics: explicit-padding convs, torch default init, BatchNorm with frozen affine."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -9,6 +10,7 @@ import numpy as np
 
 from uda_jax import switches
 from uda_jax.kernels import batch_norm as batch_norm_kernel
+from uda_jax.models import conv_forms
 
 # DeepLab's official init: every conv N(0, 0.01) (then overwritten by pretrained weights).
 normal_001 = nn.initializers.normal(0.01)
@@ -40,6 +42,15 @@ def conv1x1_as_matmul() -> bool:
   return _cpu_rewrite("UDA_JAX_CONV1X1_MATMUL")
 
 
+def cpu_conv_forms() -> tuple[str, ...]:
+  """Which of `conv_forms`' rewrites nn.Conv uses: on XLA:CPU 'narrow' (few output channels as a matmul and
+  shifted adds) and 'strided' (the input gradient of strided convs through the space-to-depth form), whose own
+  convolutions of those shapes ran several times slower than PyTorch's; accelerators keep XLA's convolution.
+  UDA_JAX_NARROW_CONV_MATMUL and UDA_JAX_STRIDED_CONV_S2D =1 / 0 force either."""
+  return tuple(f for f, env in (("narrow", "UDA_JAX_NARROW_CONV_MATMUL"), ("strided", "UDA_JAX_STRIDED_CONV_S2D"))
+               if _cpu_rewrite(env))
+
+
 def conv_transpose_as_subpixel() -> bool:
   """Whether strided transposed convs run as `conv_transpose_subpixel`: on XLA:CPU, whose weight gradient of the
   input-dilated form takes seconds (docs/performance.md); accelerators keep the dilated form, which cuDNN runs as
@@ -52,7 +63,8 @@ class Conv(nn.Module):
 
   On a CPU an unpadded 1x1 conv runs as a strided slice and a matrix multiply (`Dense1x1`, same parameters):
   XLA:CPU emits its weight gradient as a whole-image convolution with one input feature, ~18x slower than the
-  matmul (issue 13). Accelerators keep the convolution (`conv1x1_as_matmul`).
+  matmul (issue 13). Accelerators keep the convolution (`conv1x1_as_matmul`). Likewise, on a CPU, convs with few
+  output channels and the input gradients of strided convs take faster forms (`cpu_conv_forms`).
   """
 
   features: int
@@ -69,6 +81,7 @@ class Conv(nn.Module):
   def __call__(self, x):
     fan_in = x.shape[-1] * self.kernel * self.kernel
     bias_init = self.bias_init or torch_bias_init(fan_in)
+    forms = cpu_conv_forms()
     if self.kernel == 1 and self.padding == 0 and conv1x1_as_matmul():
       return Dense1x1(self.features, self.stride, self.use_bias, self.kernel_init, bias_init, self.dtype,
                       name="conv")(x)
@@ -77,7 +90,7 @@ class Conv(nn.Module):
         padding=((self.padding, self.padding), (self.padding, self.padding)),
         kernel_dilation=(self.dilation, self.dilation), use_bias=self.use_bias,
         kernel_init=self.kernel_init, bias_init=bias_init, dtype=self.dtype, param_dtype=param_dtype(self.dtype),
-        name="conv")(x)
+        conv_general_dilated=functools.partial(conv_forms.conv, forms=forms) if forms else None, name="conv")(x)
 
 
 class Dense1x1(nn.Module):

@@ -1,0 +1,121 @@
+"""The CPU conv forms (issue 13): narrow convs as a matmul and shifted adds, strided convs' input gradient through
+the space-to-depth form; the same values and gradients as XLA's convolution (also where taps read only padding,
+in float64 and under shard_map), used by layers.Conv on a CPU with the same parameters, and switchable off."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uda_jax import parallel
+from uda_jax.models import conv_forms, layers
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _value_and_grads(conv, x, w, strides, pads, dilation, probe):
+  def loss(x, w):
+    y = conv(x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC)
+    return jnp.sum(jnp.tanh(y) * probe)
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+
+def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which):
+  assert conv_forms.form(x_shape, w_shape, strides, pads, rhs_dilation=dilation) == which
+  with jax.enable_x64(dtype == jnp.float64):
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], x_shape, dtype)
+    w = jax.random.normal(keys[1], w_shape, dtype) / np.sqrt(np.prod(w_shape[:3]))
+    xla = lambda x, w: jax.lax.conv_general_dilated(x, w, strides, pads, rhs_dilation=dilation,
+                                                    dimension_numbers=_NHWC)
+    probe = jax.random.normal(keys[2], jax.eval_shape(xla, x, w).shape, dtype)
+    (l_ours, g_ours), (l_ref, g_ref) = (_value_and_grads(c, x, w, strides, pads, dilation, probe)
+                                        for c in (conv_forms.conv, jax.lax.conv_general_dilated))
+    tol = 1e-12 if dtype == jnp.float64 else 3e-6
+    assert float(l_ours) == pytest.approx(float(l_ref), rel=tol)
+    for ours, ref in zip(g_ours, g_ref):
+      assert ours.dtype == dtype and float(np.abs(ref).max()) > 0
+      np.testing.assert_allclose(ours, ref, rtol=0, atol=tol * float(np.abs(ref).max()))
+    return g_ours, g_ref
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("x_shape, w_shape, pads, dilation", [
+    ((1, 33, 65, 256), (3, 3, 256, 19), ((6, 6), (6, 6)), (6, 6)),  # an ASPP branch
+    ((2, 9, 17, 64), (3, 3, 64, 5), ((24, 24), (24, 24)), (24, 24)),  # outer taps read only padding
+    ((2, 8, 11, 40), (3, 3, 40, 4), ((0, 2), (1, 0)), (1, 2)),  # asymmetric padding
+    ((1, 7, 6, 16), (2, 2, 16, 3), ((1, 0), (0, 1)), (1, 1)),  # even kernel
+])
+def test_narrow_conv_equals_xla(x_shape, w_shape, pads, dilation, dtype):
+  _compare(x_shape, w_shape, (1, 1), pads, dilation, dtype, "narrow")
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("x_shape, w_shape, stride, pads", [
+    ((1, 64, 128, 19), (4, 4, 19, 32), 2, ((1, 1), (1, 1))),  # the discriminators' first conv
+    ((2, 17, 23, 3), (7, 7, 3, 8), 2, ((3, 3), (3, 3))),  # ResNet stem, odd sizes: kernel padded to 8x8
+    ((1, 15, 9, 5), (3, 3, 5, 6), 2, ((0, 0), (0, 0))),  # rows the last window never reaches
+    ((1, 12, 13, 4), (4, 4, 4, 6), 3, ((2, 0), (1, 2))),  # stride 3, asymmetric padding
+])
+def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(x_shape, w_shape, stride, pads, dtype):
+  (dx, dw), (dx_ref, dw_ref) = _compare(x_shape, w_shape, (stride, stride), pads, (1, 1), dtype, "strided")
+  np.testing.assert_array_equal(dw, dw_ref)  # XLA's own weight gradient; only the input gradient is rewritten
+
+
+def test_form_picks_only_the_shapes_it_handles():
+  pads = ((1, 1), (1, 1))
+  form = conv_forms.form
+  assert form((1, 8, 8, 2048), (3, 3, 2048, 19), (1, 1), pads) == "narrow"
+  assert form((1, 8, 8, 256), (3, 3, 256, 256), (1, 1), pads) is None  # ResNet 3x3: measured slower so
+  assert form((1, 8, 8, 64), (1, 1, 64, 4), (1, 1), pads) is None  # 1x1: Dense1x1's business
+  assert form((1, 8, 8, 64), (4, 4, 64, 128), (2, 2), pads) == "strided"
+  assert form((1, 8, 8, 64), (3, 3, 64, 128), (2, 2), pads, rhs_dilation=(2, 2)) is None
+  assert form((1, 8, 8, 64), (3, 3, 64, 128), (2, 1), pads) is None
+  assert form((1, 8, 8, 256), (3, 3, 256, 19), (1, 1), "SAME") is None
+  assert form((1, 8, 8, 256), (3, 3, 128, 8), (1, 1), pads, feature_group_count=2) is None
+  assert form((1, 8, 8, 256), (3, 3, 256, 19), (1, 1), pads, lhs_dilation=(2, 2)) is None
+  assert form((1, 256, 8, 8), (19, 256, 3, 3), (1, 1), pads, dimension_numbers=("NCHW", "OIHW", "NCHW")) is None
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, c_out, env", [
+    (3, 1, 2, 2, 4, "UDA_JAX_NARROW_CONV_MATMUL"), (4, 2, 1, 1, 16, "UDA_JAX_STRIDED_CONV_S2D")])
+def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel, stride, padding, dilation,
+                                                             c_out, env):
+  x = jax.random.normal(jax.random.key(1), (1, 12, 14, 96))
+  conv = layers.Conv(c_out, kernel, stride=stride, padding=padding, dilation=dilation, use_bias=True)
+  params = conv.init(jax.random.key(2), x)
+  assert jax.tree.map(jnp.shape, params) == {"params": {"conv": {"kernel": (kernel, kernel, 96, c_out),
+                                                                 "bias": (c_out,)}}}
+  loss = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
+  grads = lambda: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  # XLA's form: every conv op a convolution (forward, input and weight gradient); ours adds no other op
+  # ('narrow': none at all; 'strided': the space-to-depth reshapes)
+  hlo = lambda: jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
+  for name in ("UDA_JAX_NARROW_CONV_MATMUL", "UDA_JAX_STRIDED_CONV_S2D"):
+    monkeypatch.delenv(name, raising=False)
+  assert set(layers.cpu_conv_forms()) == {"narrow", "strided"}
+  ours, ours_hlo = grads(), hlo()
+  monkeypatch.setenv(env, "0")
+  ref, ref_hlo = grads(), hlo()
+  assert ref_hlo.count("convolution(") == 3 and ours_hlo.count("convolution(") == (0 if stride == 1 else 3)
+  if stride > 1:  # the input gradient is the stride-1 conv of the regrouped input: no input dilation
+    assert "lhs_dilate = [2, 2]" in ref_hlo and "lhs_dilate = [2, 2]" not in ours_hlo
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max())),
+               ours, ref)
+
+
+def test_strided_kernel_gradient_is_summed_over_devices_under_shard_map():
+  mesh = parallel.make_mesh()
+  keys = jax.random.split(jax.random.key(3), 2)
+  x = jax.random.normal(keys[0], (mesh.size * 2, 10, 12, 8))
+  w = jax.random.normal(keys[1], (4, 4, 8, 6)) / 12
+  pads = ((1, 1), (1, 1))
+
+  def grads(conv):
+    def per_device(x, w):  # w unmapped (replicated), x split over 'data'
+      return jax.lax.psum(jnp.sum(jnp.tanh(conv(x, w, (2, 2), pads, dimension_numbers=_NHWC))), parallel.AXIS)
+    loss = jax.shard_map(per_device, mesh=mesh, in_specs=(jax.P(parallel.AXIS), jax.P()), out_specs=jax.P())
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+  for ours, ref in zip(grads(conv_forms.conv), grads(jax.lax.conv_general_dilated)):
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6 * float(np.abs(ref).max()))

@@ -1,0 +1,125 @@
+"""Convolutions in the forms XLA:CPU runs fastest (issue 13); same parameters, same sums.
+
+Two shapes of the AdaptSegNet step ran far below the CPU's peak in XLA:CPU's own form (docs/performance.md):
+
+Narrow convs (`shifted_matmul_conv`): DeepLab's ASPP classifiers are 3x3 convs from 2048 (or 1024) channels to
+the 19 classes, dilated 6-24. Written as
+
+  Z = X W            X: pixels x C_in, W: C_in x (k*k*C_out), the taps side by side
+  y[o] = sum_(i,j) Z[o - p + (i, j) d, (i, j)]      (zero where a tap reads padding)
+
+the forward is one GEMM and k*k shifted adds of C_out-channel maps, and autodiff makes both gradients one GEMM
+each on the shifted copies of dy (pixels x k*k*C_out): dX = dZ W^T, dW = X^T dZ. Used where k*k*C_out <= C_in
+(the copies no larger than x); for the ResNet's own 3x3 convs it measured slower.
+
+Strided convs (`strided_conv`): the input gradient of a stride-s conv is a conv over the s-dilated output
+gradient, which XLA:CPU runs through a slow generic path (the discriminators' 4x4 stride-2 convs: up to 250 ms
+against PyTorch's 12). The forward and weight gradient stay XLA's; the input gradient is taken through the same
+conv written on the space-to-depth input (s x s blocks of pixels as channels, the kernel padded to a multiple of
+s and regrouped likewise), a stride-1 conv whose input gradient XLA:CPU runs like any other. (The whole conv in
+that form measured slower: its weight gradient is.)
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from uda_jax import parallel
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _plain_2d(x_shape, w_shape, padding, lhs_dilation, dimension_numbers, feature_group_count) -> bool:
+  """An NHWC/HWIO conv with explicit padding, no input dilation and no groups: the forms below handle these."""
+  return (len(x_shape) == 4 and not isinstance(padding, str) and all(d == 1 for d in (lhs_dilation or (1, 1)))
+          and feature_group_count == 1
+          and jax.lax.conv_dimension_numbers(x_shape, w_shape, dimension_numbers or _NHWC)
+          == jax.lax.conv_dimension_numbers(x_shape, w_shape, _NHWC))
+
+
+def form(x_shape, w_shape, strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+         feature_group_count=1) -> str | None:
+  """'narrow', 'strided' or None (XLA's convolution) for a conv of these arguments."""
+  if not _plain_2d(x_shape, w_shape, padding, lhs_dilation, dimension_numbers, feature_group_count):
+    return None
+  kh, kw, c_in, c_out = w_shape
+  s = tuple(strides)
+  if s == (1, 1):
+    return "narrow" if kh * kw > 1 and kh * kw * c_out <= c_in else None
+  return "strided" if s[0] == s[1] and all(d == 1 for d in (rhs_dilation or (1, 1))) else None
+
+
+def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+         feature_group_count=1, precision=None, *, forms=("narrow", "strided"), **kwargs):
+  """lax.conv_general_dilated (the signature nn.Conv calls) in the `form` of its arguments, if that is in `forms`."""
+  which = None if kwargs else form(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
+                                   dimension_numbers, feature_group_count)
+  if which == "narrow" and which in forms:
+    return shifted_matmul_conv(lhs, rhs, padding, tuple(rhs_dilation or (1, 1)), precision)
+  if which == "strided" and which in forms:
+    rhs, = parallel.vary_like(lhs, rhs)  # an unmapped kernel's gradient is then summed over devices
+    return strided_conv(lhs, rhs, window_strides[0], tuple(tuple(int(v) for v in p) for p in padding), precision)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                      dimension_numbers, feature_group_count, precision=precision, **kwargs)
+
+
+def shifted_matmul_conv(x, w, padding, dilation, precision=None):
+  """Stride-1 NHWC conv with HWIO kernel w and explicit padding ((lo, hi), (lo, hi)), as in the module doc."""
+  kh, kw, c_in, c_out = w.shape
+  n, h, wd, _ = x.shape
+  (ph, ph_hi), (pw, pw_hi) = padding
+  oh, ow = h + ph + ph_hi - (kh - 1) * dilation[0], wd + pw + pw_hi - (kw - 1) * dilation[1]
+  taps = w.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
+  z = jnp.einsum("nhwc,ck->nhwk", x, taps, precision=precision).reshape(n, h, wd, kh * kw, c_out)
+  zero = jnp.zeros((), z.dtype)
+  y = 0
+  for t in range(kh * kw):
+    i, j = divmod(t, kw)
+    # y[o] += z[o + tap offset - padding]: pad by the negated shift (negative pads crop) to the output size.
+    lo_h, lo_w = ph - i * dilation[0], pw - j * dilation[1]
+    y = y + jax.lax.pad(z[:, :, :, t], zero, ((0, 0, 0), (lo_h, oh - h - lo_h, 0), (lo_w, ow - wd - lo_w, 0),
+                                              (0, 0, 0)))
+  return y
+
+
+def _xla_conv(x, w, s, padding, precision):
+  return jax.lax.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=_NHWC, precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def strided_conv(x, w, s, padding, precision=None):
+  """A stride-s NHWC conv: XLA's forward and weight gradient, the input gradient through `space_to_depth_conv`."""
+  return _xla_conv(x, w, s, padding, precision)
+
+
+def _strided_forward(x, w, s, padding, precision):
+  return _xla_conv(x, w, s, padding, precision), (x, w)
+
+
+def _strided_backward(s, padding, precision, residuals, dy):
+  x, w = residuals
+  dx = jax.vjp(lambda x: space_to_depth_conv(x, w, s, padding, precision), x)[1](dy)[0]
+  dw = jax.vjp(lambda w: _xla_conv(x, w, s, padding, precision), w)[1](dy)[0]
+  return dx, dw
+
+
+strided_conv.defvjp(_strided_forward, _strided_backward)
+
+
+def space_to_depth_conv(x, w, s, padding, precision=None):
+  """The stride-s conv as a stride-1 conv of the padded input's s x s pixel blocks (channels (row, col, C_in))
+  with the kernel zero-padded to a multiple of s and regrouped likewise: y[o] = sum_i x[o s + i] w[i] with
+  i = a s + r reads block o + a, phase r."""
+  kh, kw, c_in, c_out = w.shape
+  n, h, wd, _ = x.shape
+  mh, mw = -(-kh // s), -(-kw // s)
+  w = jnp.pad(w, ((0, mh * s - kh), (0, mw * s - kw), (0, 0), (0, 0)))
+  w = w.reshape(mh, s, mw, s, c_in, c_out).transpose(0, 2, 1, 3, 4, 5).reshape(mh, mw, s * s * c_in, c_out)
+  (ph, ph_hi), (pw, pw_hi) = padding
+  oh, ow = (h + ph + ph_hi - kh) // s + 1, (wd + pw + pw_hi - kw) // s + 1
+  rows, cols = (oh - 1 + mh) * s, (ow - 1 + mw) * s  # padded input the blocks cover (negative pads crop)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (ph, rows - h - ph, 0), (pw, cols - wd - pw, 0), (0, 0, 0)))
+  x = x.reshape(n, rows // s, s, cols // s, s, c_in).transpose(0, 1, 3, 2, 4, 5).reshape(
+      n, rows // s, cols // s, s * s * c_in)
+  return jax.lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=_NHWC, precision=precision)
