@@ -62,6 +62,19 @@ def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(x_sha
   np.testing.assert_array_equal(dw, dw_ref)  # XLA's own weight gradient; only the input gradient is rewritten
 
 
+def test_narrow_conv_in_bfloat16_sums_in_float32():
+  keys = jax.random.split(jax.random.key(4), 2)
+  x = jax.random.normal(keys[0], (1, 9, 11, 512)).astype(jnp.bfloat16)
+  w = (jax.random.normal(keys[1], (3, 3, 512, 7)) / 48).astype(jnp.bfloat16)
+  pads = ((2, 2), (2, 2))
+  ours = conv_forms.conv(x, w, (1, 1), pads, rhs_dilation=(2, 2))
+  exact = jax.lax.conv_general_dilated(x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), pads,
+                                       rhs_dilation=(2, 2), dimension_numbers=_NHWC)
+  assert ours.dtype == jnp.bfloat16
+  # one bfloat16 rounding of the float32 sum (relative 2^-8), not 4608 of them
+  np.testing.assert_allclose(ours.astype(jnp.float32), exact, rtol=2**-8, atol=1e-6 * float(np.abs(exact).max()))
+
+
 def test_form_picks_only_the_shapes_it_handles():
   pads = ((1, 1), (1, 1))
   form = conv_forms.form

@@ -71,7 +71,9 @@ def shifted_matmul_conv(x, w, padding, dilation, precision=None):
   (ph, ph_hi), (pw, pw_hi) = padding
   oh, ow = h + ph + ph_hi - (kh - 1) * dilation[0], wd + pw + pw_hi - (kw - 1) * dilation[1]
   taps = w.transpose(2, 0, 1, 3).reshape(c_in, kh * kw * c_out)
-  z = jnp.einsum("nhwc,ck->nhwk", x, taps, precision=precision).reshape(n, h, wd, kh * kw, c_out)
+  # float32 products and sums under bfloat16, as XLA's convolution accumulates
+  z = jnp.einsum("nhwc,ck->nhwk", x, taps, precision=precision,
+                 preferred_element_type=jnp.promote_types(x.dtype, jnp.float32)).reshape(n, h, wd, kh * kw, c_out)
   zero = jnp.zeros((), z.dtype)
   y = 0
   for t in range(kh * kw):
@@ -80,7 +82,7 @@ def shifted_matmul_conv(x, w, padding, dilation, precision=None):
     lo_h, lo_w = ph - i * dilation[0], pw - j * dilation[1]
     y = y + jax.lax.pad(z[:, :, :, t], zero, ((0, 0, 0), (lo_h, oh - h - lo_h, 0), (lo_w, ow - wd - lo_w, 0),
                                               (0, 0, 0)))
-  return y
+  return y.astype(x.dtype)
 
 
 def _xla_conv(x, w, s, padding, precision):
