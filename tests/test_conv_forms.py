@@ -1,6 +1,7 @@
-"""The CPU conv forms (issue 13): narrow convs as a matmul and shifted adds, strided convs' input gradient through
-the space-to-depth form; the same values and gradients as XLA's convolution (also where taps read only padding,
-in float64 and under shard_map), used by layers.Conv on a CPU with the same parameters, and switchable off."""
+"""The CPU conv forms (issue 13): narrow convs as a matmul and shifted adds, strided convs' input gradient as the
+sub-pixel transposed conv; the same values and gradients as XLA's convolution (also where taps read only padding,
+with per-axis and asymmetric padding, in float64 and under shard_map), used by layers.Conv on a CPU with the same
+parameters, and switchable off."""
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,7 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
   loss = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
   grads = lambda: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
   # XLA's form: every conv op a convolution (forward, input and weight gradient); ours adds no other op
-  # ('narrow': none at all; 'strided': the space-to-depth reshapes)
+  # ('narrow': none at all; 'strided': the sub-pixel reshapes)
   hlo = lambda: jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
   for name in ("UDA_JAX_NARROW_CONV_MATMUL", "UDA_JAX_STRIDED_CONV_S2D"):
     monkeypatch.delenv(name, raising=False)
@@ -111,7 +112,7 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
   monkeypatch.setenv(env, "0")
   ref, ref_hlo = grads(), hlo()
   assert ref_hlo.count("convolution(") == 3 and ours_hlo.count("convolution(") == (0 if stride == 1 else 3)
-  if stride > 1:  # the input gradient is the stride-1 conv of the regrouped input: no input dilation
+  if stride > 1:  # the input gradient is a stride-1 conv of the output gradient: no input dilation
     assert "lhs_dilate = [2, 2]" in ref_hlo and "lhs_dilate = [2, 2]" not in ours_hlo
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max())),
                ours, ref)

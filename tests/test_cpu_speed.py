@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from uda_jax import xla_flags
-from uda_jax.models import layers
+from uda_jax.models import conv_forms, layers
 from uda_jax.models.layers import Conv, ConvTranspose, normal_001, torch_bias_init
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,13 +80,13 @@ def test_subpixel_transposed_conv_equals_the_dilated_form_in_values_and_gradient
   n = 3 + -(-2 * p // s)  # big enough that the output is not empty
   x = jax.random.normal(jax.random.key(0), (2, n, n + 2, 3))
   w = jax.random.normal(jax.random.key(1), (k, k, 3, 4))
-  y_sub, y_dil = layers.conv_transpose_subpixel(x, w, s, p), layers.conv_transpose_dilated(x, w, s, p)
+  y_sub, y_dil = conv_forms.conv_transpose_subpixel(x, w, s, p), layers.conv_transpose_dilated(x, w, s, p)
   assert y_sub.shape == y_dil.shape == (2, (n - 1) * s - 2 * p + k, (n + 1) * s - 2 * p + k, 4)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max())  # float32 sums
   close(y_sub, y_dil)
   g = jax.random.normal(jax.random.key(2), y_dil.shape)
   grads = [jax.grad(lambda x, w: (f(x, w, s, p) * g).sum(), (0, 1))(x, w)
-           for f in (layers.conv_transpose_subpixel, layers.conv_transpose_dilated)]
+           for f in (conv_forms.conv_transpose_subpixel, layers.conv_transpose_dilated)]
   jax.tree.map(close, *grads)
 
 

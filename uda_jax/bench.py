@@ -109,10 +109,7 @@ def _batches(config, input_mode, size, target_size):
 def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None):
   """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown).
   With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them."""
-  method = methods.get(config.method)
-  mesh = parallel.make_mesh()
   b = config.data.batch_size
-  parallel.check_batch_divisible(b, mesh, "data.batch_size")
   batches = _batches(config, input_mode, size, target_size)
   first_batches = batches(0)
   batch = next(first_batches)  # sizes the states (and, from the data, the images)
@@ -121,9 +118,8 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   getattr(first_batches, "close", lambda: None)()
   size, target_size = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
   target_size = None if target_size == size else target_size
-  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
+  method, mesh, states, gb = _setup(config, batch)
   images = b if config.method == "source_only" else 2 * b  # source only never reads the target images
-  gb = parallel.global_batch(batch, mesh)
   t0 = time.perf_counter()
   lowered = steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0))
   compiled = lowered.compile()
@@ -138,7 +134,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
     info["cpu_bn_kernel"] = bn_kernel.enabled()  # training-mode BatchNorm as a C++ kernel (uda_jax.kernels)
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
-  states, step_s = _time_compute(compiled, states, gb, num_steps)
+  states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
   input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
   wait_s = max(0.0, fed_s - step_s)  # below 0 is timing noise: the host kept up
   achieved = info["gflops_per_step"] * 1e9 / step_s
@@ -169,11 +165,8 @@ def parse_variant(text: str) -> dict:
 def compare_variants(config, size, num_steps, variants, target_size=None) -> dict:
   """Median step time of the default step and of the step compiled under each variant's environment, timed in
   rounds that run each once (the same states and batch throughout), and each variant's ratio to the default."""
-  method = methods.get(config.method)
-  mesh = parallel.make_mesh()
-  batch = random_batch(config, size, target_size, config.data.batch_size // jax.process_count())
-  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
-  gb = parallel.global_batch(batch, mesh)
+  method, mesh, states, gb = _setup(
+      config, random_batch(config, size, target_size, config.data.batch_size // jax.process_count()))
   compiled = []
   for env in [{}] + variants:
     saved = {k: os.environ.get(k) for k in env}
@@ -183,16 +176,7 @@ def compare_variants(config, size, num_steps, variants, target_size=None) -> dic
     finally:
       for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    states, m = compiled[-1](states, gb, jnp.int32(0))  # warm-up
-    jax.block_until_ready(m)
-  times = [[] for _ in compiled]
-  for i in range(num_steps):
-    for j, step in enumerate(compiled):
-      t0 = time.perf_counter()
-      states, m = step(states, gb, jnp.int32(i + 1))
-      jax.block_until_ready(m)
-      times[j].append(time.perf_counter() - t0)
-  medians = [float(np.median(t)) for t in times]
+  states, medians = _time_steps(compiled, states, gb, num_steps)
   info = {"step_s": medians[0]}
   for j, env in enumerate(variants, 1):
     info[f"variant_{j}"] = ",".join(f"{k}={v}" for k, v in env.items())
@@ -223,17 +207,29 @@ def _cost(analysed, key: str) -> float:
   return float((cost or {}).get(key, float("nan")))
 
 
-def _time_compute(compiled, states, gb, num_steps):
-  """(states, median step time) on one device-resident batch, one warm-up step first, each step waited for."""
-  states, m = compiled(states, gb, jnp.int32(0))
-  jax.block_until_ready(m)
-  times = []
-  for i in range(num_steps):
-    t0 = time.perf_counter()
-    states, m = compiled(states, gb, jnp.int32(i + 1))
+def _setup(config, batch):
+  """(method, mesh, train states, global batch) for `batch`, this process's share of the global batch."""
+  method = methods.get(config.method)
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
+  return method, mesh, states, parallel.global_batch(batch, mesh)
+
+
+def _time_steps(compiled, states, gb, num_steps):
+  """(states, median time of each compiled step) on one device-resident batch: one warm-up step of each, then
+  `num_steps` rounds that run each once, each step waited for."""
+  for step in compiled:
+    states, m = step(states, gb, jnp.int32(0))
     jax.block_until_ready(m)
-    times.append(time.perf_counter() - t0)
-  return states, float(np.median(times))
+  times = [[] for _ in compiled]
+  for i in range(num_steps):
+    for step, t in zip(compiled, times):
+      t0 = time.perf_counter()
+      states, m = step(states, gb, jnp.int32(i + 1))
+      jax.block_until_ready(m)
+      t.append(time.perf_counter() - t0)
+  return states, [float(np.median(t)) for t in times]
 
 
 def _time_fed(compiled, states, mesh, local, num_steps):

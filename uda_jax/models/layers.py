@@ -44,7 +44,7 @@ def conv1x1_as_matmul() -> bool:
 
 def cpu_conv_forms() -> tuple[str, ...]:
   """Which of `conv_forms`' rewrites nn.Conv uses: on XLA:CPU 'narrow' (few output channels as a matmul and
-  shifted adds) and 'strided' (the input gradient of strided convs through the space-to-depth form), whose own
+  shifted adds) and 'strided' (the input gradient of strided convs as a sub-pixel transposed conv), whose own
   convolutions of those shapes ran several times slower than PyTorch's; accelerators keep XLA's convolution.
   UDA_JAX_NARROW_CONV_MATMUL and UDA_JAX_STRIDED_CONV_S2D =1 / 0 force either."""
   return tuple(f for f, env in (("narrow", "UDA_JAX_NARROW_CONV_MATMUL"), ("strided", "UDA_JAX_STRIDED_CONV_S2D"))
@@ -81,10 +81,10 @@ class Conv(nn.Module):
   def __call__(self, x):
     fan_in = x.shape[-1] * self.kernel * self.kernel
     bias_init = self.bias_init or torch_bias_init(fan_in)
-    forms = cpu_conv_forms()
     if self.kernel == 1 and self.padding == 0 and conv1x1_as_matmul():
       return Dense1x1(self.features, self.stride, self.use_bias, self.kernel_init, bias_init, self.dtype,
                       name="conv")(x)
+    forms = cpu_conv_forms()
     return nn.Conv(
         self.features, (self.kernel, self.kernel), (self.stride, self.stride),
         padding=((self.padding, self.padding), (self.padding, self.padding)),
@@ -215,9 +215,9 @@ class ConvTranspose(nn.Module):
 
   Param 'kernel' is (kh, kw, in, out) = torch weight (in, out, kh, kw).transpose(2, 3, 0, 1); output size
   (n - 1) * stride - 2 * padding + k as torch's. On accelerators the op is a conv over the stride-dilated input
-  (`conv_transpose_dilated`), on XLA:CPU its sub-pixel form (`conv_transpose_subpixel`: same sums, s^2 fewer
-  FLOPs). `frozen` stops its gradient (FCN-8s's bilinear upsamplers); defaults are FCN-8s's (bilinear kernel,
-  no bias).
+  (`conv_transpose_dilated`), on XLA:CPU its sub-pixel form (`conv_forms.conv_transpose_subpixel`: same sums,
+  s^2 fewer FLOPs). `frozen` stops its gradient (FCN-8s's bilinear upsamplers); defaults are FCN-8s's (bilinear
+  kernel, no bias).
   """
 
   features: int
@@ -238,7 +238,7 @@ class ConvTranspose(nn.Module):
       w = jax.lax.stop_gradient(w)
     x, w = x.astype(self.dtype), w.astype(self.dtype)
     if self.stride > 1 and conv_transpose_as_subpixel():
-      y = conv_transpose_subpixel(x, w, self.stride, self.padding)
+      y = conv_forms.conv_transpose_subpixel(x, w, self.stride, self.padding)
     else:
       y = conv_transpose_dilated(x, w, self.stride, self.padding)
     if self.use_bias:
@@ -252,29 +252,3 @@ def conv_transpose_dilated(x, w, s: int, p: int):
   pad = w.shape[0] - 1 - p
   return jax.lax.conv_general_dilated(x, w[::-1, ::-1], (1, 1), ((pad, pad), (pad, pad)), lhs_dilation=(s, s),
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-
-def conv_transpose_subpixel(x, w, s: int, p: int):
-  """The same transposed conv without multiplying inserted zeros: output pixel o = q s + r - p (phase r) sums
-  x[q - m] W[m s + r] over m < ceil(k / s), so each of the s x s phases is a stride-1 conv of the undilated input
-  with a ceil(k / s)-tap sub-kernel. One conv computes all phases (stacked on the output channels), a
-  depth-to-space interleaves them and a slice applies the padding: s^2 fewer FLOPs, and a weight gradient XLA:CPU
-  runs like any conv's (the dilated form's took 0.5-10 s per layer of LSD-seg's generator at 320x640)."""
-  k, _, c_in, c_out = w.shape
-  m = -(-k // s)
-  w = jnp.pad(w, ((0, m * s - k), (0, m * s - k), (0, 0), (0, 0)))
-  # [mh, rh, mw, rw, in, out] -> [mh, mw, in, (rh, rw, out)], flipped: the correlation sums x[q - m].
-  w = w.reshape(m, s, m, s, c_in, c_out).transpose(0, 2, 4, 1, 3, 5).reshape(m, m, c_in, s * s * c_out)[::-1, ::-1]
-  crop, pads, window = [], [], []
-  for n in x.shape[1:3]:
-    size = (n - 1) * s - 2 * p + k  # torch's output size
-    q0, q1 = p // s, (size - 1 + p) // s  # the phase rows that reach the output
-    lo, hi = m - 1 - q0, q1 - (n - 1)  # input rows needed before 0 / after n - 1 (negative: rows unused)
-    crop.append(slice(max(-lo, 0), n - max(-hi, 0)))
-    pads.append((max(lo, 0), max(hi, 0)))
-    window.append(slice(p - q0 * s, p - q0 * s + size))
-  y = jax.lax.conv_general_dilated(x[:, crop[0], crop[1]], w, (1, 1), pads,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  b, qh, qw, _ = y.shape
-  y = y.reshape(b, qh, qw, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(b, qh * s, qw * s, c_out)
-  return y[:, window[0], window[1]]
