@@ -272,20 +272,33 @@ def test_variants_are_compiled_under_their_switches_and_timed_against_the_defaul
   monkeypatch.setattr(bench.steps, "make_train_step", recording)
   monkeypatch.setenv("UDA_JAX_NARROW_CONV_MATMUL", "1")
   variants = [bench.parse_variant("UDA_JAX_BN_KERNEL=0"),
-              bench.parse_variant("UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_BN_KERNEL=1")]
+              bench.parse_variant("UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_BN_KERNEL=1"),
+              bench.parse_variant("xla_cpu_enable_concurrency_optimized_scheduler=false")]
   r = bench.compare_variants(tiny_toy_config, (32, 64), 2, variants)
   assert seen == [{"UDA_JAX_BN_KERNEL": None, "UDA_JAX_NARROW_CONV_MATMUL": "1"},
                   {"UDA_JAX_BN_KERNEL": "0", "UDA_JAX_NARROW_CONV_MATMUL": "1"},
-                  {"UDA_JAX_BN_KERNEL": "1", "UDA_JAX_NARROW_CONV_MATMUL": "0"}]
+                  {"UDA_JAX_BN_KERNEL": "1", "UDA_JAX_NARROW_CONV_MATMUL": "0"},
+                  {"UDA_JAX_BN_KERNEL": None, "UDA_JAX_NARROW_CONV_MATMUL": "1"}]
   assert "UDA_JAX_BN_KERNEL" not in os.environ and os.environ["UDA_JAX_NARROW_CONV_MATMUL"] == "1"  # restored
   assert r["variant_2"] == "UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_BN_KERNEL=1"
-  for j in (1, 2):
+  assert r["variant_3"] == "xla_cpu_enable_concurrency_optimized_scheduler=false"
+  for j in (1, 2, 3):
     assert r[f"variant_{j}_step_s"] > 0
     assert r[f"variant_{j}_over_default"] == pytest.approx(r[f"variant_{j}_step_s"] / r["step_s"])
 
 
+def test_xla_options_of_a_variant_reach_the_compiler(tiny_toy_config):
+  assert bench.parse_variant("xla_cpu_a=true,xla_cpu_b=False,xla_cpu_c=512,xla_cpu_d=FAST_RUNTIME") == {
+      "xla_cpu_a": True, "xla_cpu_b": False, "xla_cpu_c": 512, "xla_cpu_d": "FAST_RUNTIME"}
+  # XLA itself rejects what it does not know: the option was handed to it, and the error names it
+  for text, said in (("xla_cpu_no_such_option=true", "No such compile option: 'xla_cpu_no_such_option'"),
+                     ("xla_cpu_enable_concurrency_optimized_scheduler=3", "not a valid bool value")):
+    with pytest.raises(UserError, match=f"--variant {text}: .*{said}"):
+      bench.compare_variants(tiny_toy_config, (32, 64), 1, [bench.parse_variant(text)])
+
+
 def test_variant_mistakes_name_the_value():
-  for text in ("UDA_JAX_BN_KERNEL=on", "BN_KERNEL=0", "UDA_JAX_BN_KERNEL", ","):
+  for text in ("UDA_JAX_BN_KERNEL=on", "BN_KERNEL=0", "UDA_JAX_BN_KERNEL", ",", "xla_cpu_x="):
     with pytest.raises(UserError, match="--variant"):
       bench.parse_variant(text)
   out, _ = _bench_cli("--variant", "UDA_JAX_BN_KERNEL=0", "--compare_torch", "--steps", "1")

@@ -36,9 +36,11 @@ step time and the ratio ours / torch:
 
   python -m uda_jax.bench --config configs/adaptsegnet.py --size 256,512 --steps 3 --compare_torch
 
---variant ENV=V[,ENV=V] (repeatable) also compiles the step with those UDA_JAX_* switches set (they are read when
-the step is traced) and times it alternately with the default step in the same process, printing each one's
-median (variant_N_step_s) and its ratio to the default's. On a noisy machine that is the A/B to trust: on the
+--variant NAME=V[,NAME=V] (repeatable) also compiles the step with those UDA_JAX_* switches set (0 or 1; they are
+read when the step is traced) and those XLA compiler options (xla_*=value, e.g.
+xla_cpu_enable_concurrency_optimized_scheduler=false; what XLA_FLAGS would set, but for this compile alone) and
+times it alternately with the default step in the same process, printing each one's median (variant_N_step_s)
+and its ratio to the default's. On a noisy machine that is the A/B to trust: on the
 2-core VM of docs/performance.md single runs of one step spread by up to 25% between processes, while alternating
 steps in one process repeat to a few per cent.
 
@@ -79,8 +81,8 @@ _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "Also time the official PyTorch iteration of the same network on the same inputs "
     "(needs: pip install -e '.[torch]') and print the ratio of the step times.")
 _VARIANTS = flags.DEFINE_multi_string(
-    "variant", [], "ENV=V[,ENV=V]: also time the step compiled with these UDA_JAX_* switches, alternating with the "
-    "default step in one process (see the module doc).")
+    "variant", [], "NAME=V[,NAME=V]: also time the step compiled with these UDA_JAX_* switches (0|1) and XLA "
+    "compiler options (xla_*=value), alternating with the default step in one process (see the module doc).")
 flags.register_validator("peak_tflops", lambda v: v is None or v > 0, "--peak_tflops must be a positive number")
 
 
@@ -150,39 +152,64 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
 
 
 def parse_variant(text: str) -> dict:
-  """'UDA_JAX_A=0,UDA_JAX_B=1' -> {name: value}; a UserError names what is wrong."""
+  """'UDA_JAX_A=0,xla_cpu_b=true' -> {name: value}: UDA_JAX_* switches (0 or 1, read when the step is traced) and
+  XLA compiler options (xla_*, passed to the step's compile; true / false and integers as such). A UserError
+  names what is wrong."""
   out = {}
   for item in filter(None, text.split(",")):
     name, sep, value = item.partition("=")
-    if not sep or not name.startswith("UDA_JAX_") or value not in ("0", "1"):
-      raise UserError(f"--variant={text!r}: give UDA_JAX_NAME=0 or =1, comma-separated (got {item!r})")
-    out[name] = value
+    switch = name.startswith("UDA_JAX_") and value in ("0", "1")
+    if not sep or not (switch or name.startswith("xla_") and value):
+      raise UserError(f"--variant={text!r}: give UDA_JAX_NAME=0|1 or an XLA option xla_name=value, comma-separated "
+                      f"(got {item!r})")
+    out[name] = value if switch else _option_value(value)
   if not out:
-    raise UserError(f"--variant={text!r}: give at least one UDA_JAX_NAME=0|1")
+    raise UserError(f"--variant={text!r}: give at least one UDA_JAX_NAME=0|1 or xla_name=value")
   return out
 
 
+def _option_value(text: str):
+  """An XLA compiler option's value as compile() takes it: 'true' / 'false' as bools, integers as ints."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return int(text)
+  except ValueError:
+    return text
+
+
 def compare_variants(config, size, num_steps, variants, target_size=None) -> dict:
-  """Median step time of the default step and of the step compiled under each variant's environment, timed in
-  rounds that run each once (the same states and batch throughout), and each variant's ratio to the default."""
+  """Median step time of the default step and of the step compiled under each variant (its UDA_JAX_* switches
+  set in the environment while the step is traced, its xla_* options given to the compiler), timed in rounds
+  that run each once (the same states and batch throughout), and each variant's ratio to the default."""
   method, mesh, states, gb = _setup(
       config, random_batch(config, size, target_size, config.data.batch_size // jax.process_count()))
   compiled = []
-  for env in [{}] + variants:
+  for variant in [{}] + variants:
+    env = {k: v for k, v in variant.items() if k.startswith("UDA_JAX_")}
+    options = {k: v for k, v in variant.items() if k not in env}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-      compiled.append(steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0)).compile())
+      lowered = steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0))
     finally:
       for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    try:
+      compiled.append(lowered.compile(compiler_options=options or None))
+    except jax.errors.JaxRuntimeError as e:  # an unknown option or a bad value: XLA's message names it
+      raise UserError(f"--variant {_label(variant)}: {str(e).splitlines()[0]}") from None
   states, medians = _time_steps(compiled, states, gb, num_steps)
   info = {"step_s": medians[0]}
-  for j, env in enumerate(variants, 1):
-    info[f"variant_{j}"] = ",".join(f"{k}={v}" for k, v in env.items())
+  for j, variant in enumerate(variants, 1):
+    info[f"variant_{j}"] = _label(variant)
     info[f"variant_{j}_step_s"] = medians[j]
     info[f"variant_{j}_over_default"] = medians[j] / medians[0]
   return info
+
+
+def _label(variant: dict) -> str:
+  return ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in variant.items())
 
 
 def step_flops(method, config, mesh, states, gb, lowered=None) -> float:
