@@ -57,6 +57,7 @@ def test_narrow_conv_equals_xla(x_shape, w_shape, pads, dilation, dtype):
     ((2, 17, 23, 3), (7, 7, 3, 8), 2, ((3, 3), (3, 3))),  # ResNet stem, odd sizes: kernel padded to 8x8
     ((1, 15, 9, 5), (3, 3, 5, 6), 2, ((0, 0), (0, 0))),  # rows the last window never reaches
     ((1, 12, 13, 4), (4, 4, 4, 6), 3, ((2, 0), (1, 2))),  # stride 3, asymmetric padding
+    ((2, 10, 9, 3), (2, 5, 3, 4), 2, ((0, 1), (2, 2))),  # kernel not square
 ])
 def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(x_shape, w_shape, stride, pads, dtype):
   (dx, dw), (dx_ref, dw_ref) = _compare(x_shape, w_shape, (stride, stride), pads, (1, 1), dtype, "strided")

@@ -126,15 +126,16 @@ def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None):
   phases (stacked on the output channels), a depth-to-space interleaves them and a slice applies the padding:
   s^2 fewer FLOPs than the dilated form, and a weight gradient XLA:CPU runs like any conv's (the dilated form's
   took 0.5-10 s per layer of LSD-seg's generator at 320x640)."""
-  k, _, c_in, c_out = w.shape
-  m = -(-k // s)
+  kh, kw, c_in, c_out = w.shape
+  mh, mw = -(-kh // s), -(-kw // s)
   pad_h, pad_w = (p, p) if isinstance(p, int) else p
-  size = size or ((x.shape[1] - 1) * s - 2 * pad_h + k, (x.shape[2] - 1) * s - 2 * pad_w + k)
-  w = jnp.pad(w, ((0, m * s - k), (0, m * s - k), (0, 0), (0, 0)))
+  size = size or ((x.shape[1] - 1) * s - 2 * pad_h + kh, (x.shape[2] - 1) * s - 2 * pad_w + kw)
+  w = jnp.pad(w, ((0, mh * s - kh), (0, mw * s - kw), (0, 0), (0, 0)))
   # [mh, rh, mw, rw, in, out] -> [mh, mw, in, (rh, rw, out)], flipped: the correlation sums x[q - m].
-  w = w.reshape(m, s, m, s, c_in, c_out).transpose(0, 2, 4, 1, 3, 5).reshape(m, m, c_in, s * s * c_out)[::-1, ::-1]
+  w = w.reshape(mh, s, mw, s, c_in, c_out).transpose(0, 2, 4, 1, 3, 5).reshape(mh, mw, c_in, s * s * c_out)
+  w = w[::-1, ::-1]
   crop, pads, window = [], [], []
-  for n, pad, out in zip(x.shape[1:3], (pad_h, pad_w), size):
+  for n, m, pad, out in zip(x.shape[1:3], (mh, mw), (pad_h, pad_w), size):
     q0, q1 = pad // s, (out - 1 + pad) // s  # the phase rows that reach the output
     lo, hi = m - 1 - q0, q1 - (n - 1)  # input rows needed before 0 / after n - 1 (negative: rows unused)
     crop.append(slice(max(-lo, 0), n - max(-hi, 0)))
