@@ -149,9 +149,14 @@ def test_cli_prints_every_field_on_the_real_input_pipeline(toy_data_dir):
 def test_cli_mistakes_are_one_line_errors_with_exit_2():
   for args, message in ((["--precision=fp8"], "error: flag --precision=fp8: value should be one of <fp32|tf32|bf16>"),
                         (["--peak_tflops=0"], "error: flag --peak_tflops=0.0: --peak_tflops must be a positive number"),
-                        (["--size", "32x64"], "error: --size='32x64': give H,W, e.g. 256,512")):
+                        (["--size", "32x64"], "error: --size='32x64': give H,W, e.g. 256,512"),
+                        (["--config.data.batch_size=-1"],
+                         "error: data.batch_size=-1: give a positive number of images per step")):
     out, _ = _bench_cli(*args, "--steps", "0")
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [message], (args, out.stderr[-2000:])
+  out, _ = _bench_cli("--config.data.batch_size=-1", "--variant", "UDA_JAX_BN_KERNEL=0", "--steps", "1")
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      "error: data.batch_size=-1: give a positive number of images per step"], out.stderr[-2000:]
 
 
 def test_flops_per_step_count_every_device():

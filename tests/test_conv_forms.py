@@ -55,7 +55,9 @@ def test_narrow_conv_equals_xla(x_shape, w_shape, pads, dilation, dtype):
 @pytest.mark.parametrize("x_shape, w_shape, stride, pads", [
     ((1, 64, 128, 19), (4, 4, 19, 32), 2, ((1, 1), (1, 1))),  # the discriminators' first conv
     ((2, 17, 23, 3), (7, 7, 3, 8), 2, ((3, 3), (3, 3))),  # ResNet stem, odd sizes: kernel padded to 8x8
-    ((1, 15, 9, 5), (3, 3, 5, 6), 2, ((0, 0), (0, 0))),  # rows the last window never reaches
+    ((1, 16, 10, 5), (3, 3, 5, 6), 2, ((0, 0), (0, 0))),  # the last row and column no window reaches
+    ((1, 9, 8, 4), (1, 1, 4, 6), 2, ((0, 0), (0, 0))),  # kernel smaller than the stride
+    ((1, 11, 12, 3), (3, 3, 3, 5), 2, ((4, 3), (3, 5))),  # padding beyond the kernel
     ((1, 12, 13, 4), (4, 4, 4, 6), 3, ((2, 0), (1, 2))),  # stride 3, asymmetric padding
     ((2, 10, 9, 3), (2, 5, 3, 4), 2, ((0, 1), (2, 2))),  # kernel not square
 ])

@@ -112,6 +112,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown).
   With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them."""
   b = config.data.batch_size
+  mesh = _mesh(config)  # a bad batch size fails before any input is read
   batches = _batches(config, input_mode, size, target_size)
   first_batches = batches(0)
   batch = next(first_batches)  # sizes the states (and, from the data, the images)
@@ -120,7 +121,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   getattr(first_batches, "close", lambda: None)()
   size, target_size = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
   target_size = None if target_size == size else target_size
-  method, mesh, states, gb = _setup(config, batch)
+  method, states, gb = _setup(config, mesh, batch)
   images = b if config.method == "source_only" else 2 * b  # source only never reads the target images
   t0 = time.perf_counter()
   lowered = steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0))
@@ -182,8 +183,9 @@ def compare_variants(config, size, num_steps, variants, target_size=None) -> dic
   """Median step time of the default step and of the step compiled under each variant (its UDA_JAX_* switches
   set in the environment while the step is traced, its xla_* options given to the compiler), timed in rounds
   that run each once (the same states and batch throughout), and each variant's ratio to the default."""
-  method, mesh, states, gb = _setup(
-      config, random_batch(config, size, target_size, config.data.batch_size // jax.process_count()))
+  mesh = _mesh(config)
+  method, states, gb = _setup(
+      config, mesh, random_batch(config, size, target_size, config.data.batch_size // jax.process_count()))
   compiled = []
   for variant in [{}] + variants:
     env = {k: v for k, v in variant.items() if k.startswith("UDA_JAX_")}
@@ -197,8 +199,11 @@ def compare_variants(config, size, num_steps, variants, target_size=None) -> dic
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     try:
       compiled.append(lowered.compile(compiler_options=options or None))
-    except jax.errors.JaxRuntimeError as e:  # an unknown option or a bad value: XLA's message names it
-      raise UserError(f"--variant {_label(variant)}: {str(e).splitlines()[0]}") from None
+    except jax.errors.JaxRuntimeError as e:
+      if not options:
+        raise
+      # an unknown option or a bad value: XLA's message names it
+      raise UserError(f"--variant {_label(variant)}: {(str(e).splitlines() or [repr(e)])[0]}") from None
   states, medians = _time_steps(compiled, states, gb, num_steps)
   info = {"step_s": medians[0]}
   for j, variant in enumerate(variants, 1):
@@ -234,13 +239,18 @@ def _cost(analysed, key: str) -> float:
   return float((cost or {}).get(key, float("nan")))
 
 
-def _setup(config, batch):
-  """(method, mesh, train states, global batch) for `batch`, this process's share of the global batch."""
-  method = methods.get(config.method)
+def _mesh(config):
+  """The devices' mesh, once config.data.batch_size is known to split evenly over it (else a UserError)."""
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.data.batch_size, mesh, "data.batch_size")
+  return mesh
+
+
+def _setup(config, mesh, batch):
+  """(method, train states, global batch) for `batch`, this process's share of the global batch."""
+  method = methods.get(config.method)
   states = steps.init_states(config, method, mesh, {k: v.shape for k, v in batch.items()}, pretrained=False)
-  return method, mesh, states, parallel.global_batch(batch, mesh)
+  return method, states, parallel.global_batch(batch, mesh)
 
 
 def _time_steps(compiled, states, gb, num_steps):

@@ -27,6 +27,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from uda_jax import parallel
 
@@ -128,7 +129,7 @@ def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None):
   took 0.5-10 s per layer of LSD-seg's generator at 320x640)."""
   kh, kw, c_in, c_out = w.shape
   mh, mw = -(-kh // s), -(-kw // s)
-  pad_h, pad_w = (p, p) if isinstance(p, int) else p
+  pad_h, pad_w = (p, p) if np.ndim(p) == 0 else p
   size = size or ((x.shape[1] - 1) * s - 2 * pad_h + kh, (x.shape[2] - 1) * s - 2 * pad_w + kw)
   w = jnp.pad(w, ((0, mh * s - kh), (0, mw * s - kw), (0, 0), (0, 0)))
   # [mh, rh, mw, rw, in, out] -> [mh, mw, in, (rh, rw, out)], flipped: the correlation sums x[q - m].

@@ -46,13 +46,14 @@ def cpu_conv_forms() -> tuple[str, ...]:
   """Which of `conv_forms`' rewrites nn.Conv uses: on XLA:CPU 'narrow' (few output channels as a matmul and
   shifted adds) and 'strided' (the input gradient of strided convs as a sub-pixel transposed conv), whose own
   convolutions of those shapes ran several times slower than PyTorch's; accelerators keep XLA's convolution.
-  UDA_JAX_NARROW_CONV_MATMUL and UDA_JAX_STRIDED_CONV_S2D =1 / 0 force either."""
+  UDA_JAX_NARROW_CONV_MATMUL and UDA_JAX_STRIDED_CONV_S2D =1 / 0 force either (S2D: the strided form's first
+  version went through the space-to-depth conv; the name stays so that recorded commands still work)."""
   return tuple(f for f, env in (("narrow", "UDA_JAX_NARROW_CONV_MATMUL"), ("strided", "UDA_JAX_STRIDED_CONV_S2D"))
                if _cpu_rewrite(env))
 
 
 def conv_transpose_as_subpixel() -> bool:
-  """Whether strided transposed convs run as `conv_transpose_subpixel`: on XLA:CPU, whose weight gradient of the
+  """Whether strided transposed convs run as `conv_forms.conv_transpose_subpixel`: on XLA:CPU, whose weight gradient of the
   input-dilated form takes seconds (docs/performance.md); accelerators keep the dilated form, which cuDNN runs as
   its own transposed convolution. UDA_JAX_SUBPIXEL_DECONV=1 / 0 forces either."""
   return _cpu_rewrite("UDA_JAX_SUBPIXEL_DECONV")
