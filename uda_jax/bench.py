@@ -184,8 +184,7 @@ def compare_variants(config, size, num_steps, variants, target_size=None) -> dic
   set in the environment while the step is traced, its xla_* options given to the compiler), timed in rounds
   that run each once (the same states and batch throughout), and each variant's ratio to the default."""
   mesh = _mesh(config)
-  method, states, gb = _setup(
-      config, mesh, random_batch(config, size, target_size, config.data.batch_size // jax.process_count()))
+  method, states, gb = _setup(config, mesh, next(_batches(config, "random", size, target_size)(0)))
   compiled = []
   for variant in [{}] + variants:
     env = {k: v for k, v in variant.items() if k.startswith("UDA_JAX_")}
