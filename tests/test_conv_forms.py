@@ -1,5 +1,5 @@
 """The CPU conv forms (issue 13): narrow convs as a matmul and shifted adds, strided convs' input gradient as the
-sub-pixel transposed conv; the same values and gradients as XLA's convolution (also where taps read only padding,
+sub-pixel transposed conv, other stride-1 convs' weight gradient by the C++ kernel; the same values and gradients as XLA's convolution (also where taps read only padding,
 with per-axis and asymmetric padding, in float64 and under shard_map), used by layers.Conv on a CPU with the same
 parameters, and switchable off."""
 
@@ -21,7 +21,9 @@ def _value_and_grads(conv, x, w, strides, pads, dilation, probe):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
 
 
-def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which):
+def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which, kernel=None):
+  """Values and gradients of conv_forms.conv against XLA's conv; `kernel`: whether the jaxpr must call the
+  weight-gradient kernel."""
   assert conv_forms.form(x_shape, w_shape, strides, pads, rhs_dilation=dilation) == which
   with jax.enable_x64(dtype == jnp.float64):
     keys = jax.random.split(jax.random.key(0), 3)
@@ -32,6 +34,10 @@ def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which):
     probe = jax.random.normal(keys[2], jax.eval_shape(xla, x, w).shape, dtype)
     (l_ours, g_ours), (l_ref, g_ref) = (_value_and_grads(c, x, w, strides, pads, dilation, probe)
                                         for c in (conv_forms.conv, jax.lax.conv_general_dilated))
+    if kernel is not None:
+      jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_forms.conv(x, w, strides, pads, rhs_dilation=dilation,
+                                                                           dimension_numbers=_NHWC))))(w))
+      assert ("uda_conv_weight_grad" in jaxpr) == kernel
     tol = 1e-12 if dtype == jnp.float64 else 3e-6
     assert float(l_ours) == pytest.approx(float(l_ref), rel=tol)
     for ours, ref in zip(g_ours, g_ref):
@@ -66,6 +72,25 @@ def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(x_sha
   np.testing.assert_array_equal(dw, dw_ref)  # XLA's own weight gradient; only the input gradient is rewritten
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("x_shape, w_shape, pads, dilation", [
+    ((1, 33, 65, 256), (3, 3, 256, 256), ((2, 2), (2, 2)), (2, 2)),  # ResNet layer3
+    ((2, 13, 21, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), (1, 1)),  # layer1, two images
+    ((2, 9, 17, 70), (3, 3, 70, 48), ((12, 12), (12, 12)), (12, 12)),  # outer taps read only padding; C_in % 6
+    ((1, 8, 11, 10), (3, 3, 10, 80), ((0, 2), (1, 0)), (1, 2)),  # asymmetric padding; C_out 64 + 16
+    ((1, 7, 6, 5), (2, 2, 5, 32), ((1, 0), (0, 1)), (1, 1)),  # even kernel
+    ((1, 6, 9, 3), (3, 5, 3, 16), ((4, 3), (3, 5)), (1, 1)),  # rectangular kernel, padding beyond it
+    ((1, 5, 7, 24), (1, 1, 24, 32), ((1, 1), (0, 2)), (1, 1)),  # padded 1x1
+])
+def test_weight_gradient_kernel_equals_xla(x_shape, w_shape, pads, dilation, dtype):
+  # float32 through the kernel; float64 (not the kernel's) stays XLA's
+  _compare(x_shape, w_shape, (1, 1), pads, dilation, dtype, "wgrad", kernel=dtype == jnp.float32)
+
+
+def test_weight_gradient_kernel_only_for_output_channels_in_sixteens():
+  _compare((1, 9, 10, 8), (3, 3, 8, 24), (1, 1), ((1, 1), (1, 1)), (1, 1), jnp.float32, "wgrad", kernel=False)
+
+
 def test_narrow_conv_in_bfloat16_sums_in_float32():
   keys = jax.random.split(jax.random.key(4), 2)
   x = jax.random.normal(keys[0], (1, 9, 11, 512)).astype(jnp.bfloat16)
@@ -83,8 +108,8 @@ def test_form_picks_only_the_shapes_it_handles():
   pads = ((1, 1), (1, 1))
   form = conv_forms.form
   assert form((1, 8, 8, 2048), (3, 3, 2048, 19), (1, 1), pads) == "narrow"
-  assert form((1, 8, 8, 256), (3, 3, 256, 256), (1, 1), pads) is None  # ResNet 3x3: measured slower so
-  assert form((1, 8, 8, 64), (1, 1, 64, 4), (1, 1), pads) is None  # 1x1: Dense1x1's business
+  assert form((1, 8, 8, 256), (3, 3, 256, 256), (1, 1), pads) == "wgrad"  # ResNet 3x3: narrow measured slower
+  assert form((1, 8, 8, 64), (1, 1, 64, 4), (1, 1), pads) == "wgrad"  # a padded 1x1 (unpadded: Dense1x1)
   assert form((1, 8, 8, 64), (4, 4, 64, 128), (2, 2), pads) == "strided"
   assert form((1, 8, 8, 64), (3, 3, 64, 128), (2, 2), pads, rhs_dilation=(2, 2)) is None
   assert form((1, 8, 8, 64), (3, 3, 64, 128), (2, 1), pads) is None
@@ -94,8 +119,11 @@ def test_form_picks_only_the_shapes_it_handles():
   assert form((1, 256, 8, 8), (19, 256, 3, 3), (1, 1), pads, dimension_numbers=("NCHW", "OIHW", "NCHW")) is None
 
 
+ENVS = ("UDA_JAX_NARROW_CONV_MATMUL", "UDA_JAX_STRIDED_CONV_S2D", "UDA_JAX_CONV_WGRAD_KERNEL")
+
+
 @pytest.mark.parametrize("kernel, stride, padding, dilation, c_out, env", [
-    (3, 1, 2, 2, 4, "UDA_JAX_NARROW_CONV_MATMUL"), (4, 2, 1, 1, 16, "UDA_JAX_STRIDED_CONV_S2D")])
+    (3, 1, 2, 2, 4, ENVS[0]), (4, 2, 1, 1, 16, ENVS[1]), (3, 1, 2, 2, 32, ENVS[2])])
 def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel, stride, padding, dilation,
                                                              c_out, env):
   x = jax.random.normal(jax.random.key(1), (1, 12, 14, 96))
@@ -105,32 +133,36 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
                                                                  "bias": (c_out,)}}}
   loss = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
   grads = lambda: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-  # XLA's form: every conv op a convolution (forward, input and weight gradient); ours adds no other op
-  # ('narrow': none at all; 'strided': the sub-pixel reshapes)
+  # XLA's form: every conv op a convolution (forward, input and weight gradient); 'narrow' has none at all,
+  # 'strided' three (the input gradient a sub-pixel conv), 'wgrad' two and the kernel's custom call
   hlo = lambda: jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
-  for name in ("UDA_JAX_NARROW_CONV_MATMUL", "UDA_JAX_STRIDED_CONV_S2D"):
+  for name in ENVS:
     monkeypatch.delenv(name, raising=False)
-  assert set(layers.cpu_conv_forms()) == {"narrow", "strided"}
+  assert set(layers.cpu_conv_forms()) == {"narrow", "strided", "wgrad"}
   ours, ours_hlo = grads(), hlo()
   monkeypatch.setenv(env, "0")
   ref, ref_hlo = grads(), hlo()
-  assert ref_hlo.count("convolution(") == 3 and ours_hlo.count("convolution(") == (0 if stride == 1 else 3)
+  assert ref_hlo.count("convolution(") == 3 and "uda_conv_weight_grad" not in ref_hlo
+  assert ours_hlo.count("convolution(") == {ENVS[0]: 0, ENVS[1]: 3, ENVS[2]: 2}[env]
+  assert ("uda_conv_weight_grad" in ours_hlo) == (env == ENVS[2])
   if stride > 1:  # the input gradient is a stride-1 conv of the output gradient: no input dilation
     assert "lhs_dilate = [2, 2]" in ref_hlo and "lhs_dilate = [2, 2]" not in ours_hlo
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max())),
                ours, ref)
 
 
-def test_strided_kernel_gradient_is_summed_over_devices_under_shard_map():
+@pytest.mark.parametrize("w_shape, stride", [((4, 4, 8, 6), 2), ((3, 3, 8, 16), 1)])  # 'strided', 'wgrad'
+def test_kernel_gradient_is_summed_over_devices_under_shard_map(w_shape, stride):
   mesh = parallel.make_mesh()
   keys = jax.random.split(jax.random.key(3), 2)
   x = jax.random.normal(keys[0], (mesh.size * 2, 10, 12, 8))
-  w = jax.random.normal(keys[1], (4, 4, 8, 6)) / 12
+  w = jax.random.normal(keys[1], w_shape) / 12
   pads = ((1, 1), (1, 1))
 
   def grads(conv):
     def per_device(x, w):  # w unmapped (replicated), x split over 'data'
-      return jax.lax.psum(jnp.sum(jnp.tanh(conv(x, w, (2, 2), pads, dimension_numbers=_NHWC))), parallel.AXIS)
+      y = conv(x, w, (stride, stride), pads, dimension_numbers=_NHWC)
+      return jax.lax.psum(jnp.sum(jnp.tanh(y)), parallel.AXIS)
     loss = jax.shard_map(per_device, mesh=mesh, in_specs=(jax.P(parallel.AXIS), jax.P()), out_specs=jax.P())
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
 

@@ -62,8 +62,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from uda_jax import cli, methods, parallel, peak_flops, steps, xla_flags
+from uda_jax import cli, methods, parallel, peak_flops, steps, switches, xla_flags
 from uda_jax.kernels import batch_norm as bn_kernel
+from uda_jax.kernels import conv_wgrad
 from uda_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:presets].", lock_config=True)
@@ -135,6 +136,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
           **_memory_analysis(compiled), **_bytes_accessed(compiled, mesh)}
   if jax.default_backend() == "cpu":
     info["cpu_bn_kernel"] = bn_kernel.enabled()  # training-mode BatchNorm as a C++ kernel (uda_jax.kernels)
+    info["cpu_conv_wgrad_kernel"] = conv_wgrad.enabled()  # stride-1 conv weight gradients as a C++ kernel
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
   states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
@@ -189,13 +191,8 @@ def compare_variants(config, size, num_steps, variants, target_size=None) -> dic
   for variant in [{}] + variants:
     env = {k: v for k, v in variant.items() if k.startswith("UDA_JAX_")}
     options = {k: v for k, v in variant.items() if k not in env}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with switches.setting(env):
       lowered = steps.make_train_step(method, config, mesh).lower(states, gb, jnp.int32(0))
-    finally:
-      for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     try:
       compiled.append(lowered.compile(compiler_options=options or None))
     except jax.errors.JaxRuntimeError as e:
@@ -221,13 +218,15 @@ def step_flops(method, config, mesh, states, gb, lowered=None) -> float:
   runs (the shard_map body) on its share of the batch, times the device count. Off the CPU the step is lowered
   once more for one CPU device with one device's share of the batch: a GPU's analysis counts the convolutions
   (cuDNN custom calls) as zero (on an H100 it saw 79 of ~6700 GFLOP). On a CPU the lowered count is ~8% above
-  the compiled program's (elementwise work that fusion removes)."""
-  if lowered is None or jax.default_backend() != "cpu":
+  the compiled program's (elementwise work that fusion removes). Custom calls count as nothing there too, so
+  the count is taken with the conv weight-gradient kernel off (BatchNorm's kernel: elementwise work, left out)."""
+  if lowered is None or jax.default_backend() != "cpu" or conv_wgrad.enabled():
     cpu_mesh = parallel.make_mesh(jax.devices("cpu")[:1])
     shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     share = lambda a: jax.ShapeDtypeStruct((a.shape[0] // mesh.size, *a.shape[1:]), a.dtype)
-    lowered = steps.make_train_step(method, config, cpu_mesh).lower(
-        jax.tree.map(shape, states), jax.tree.map(share, gb), jnp.int32(0))
+    with switches.setting({conv_wgrad.ENV: "0"}):
+      lowered = steps.make_train_step(method, config, cpu_mesh).lower(
+          jax.tree.map(shape, states), jax.tree.map(share, gb), jnp.int32(0))
   return _cost(lowered, "flops") * mesh.size
 
 

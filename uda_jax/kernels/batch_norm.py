@@ -11,12 +11,11 @@ float32 (and bfloat16, normalised in float32); 'sync', 'frozen', evaluation, flo
 expression. UDA_JAX_BN_KERNEL=0 turns it off; =1 makes a failed build an error instead of a warning and a fallback.
 
 Its float32 results differ from XLA's BatchNorm by rounding only (and are closer to float64 on near-constant
-channels, tests/test_bn_kernel.py). A run's trajectory can still part from XLA's as it can from a different
+channels, tests/test_cpu_kernels.py). A run's trajectory can still part from XLA's as it can from a different
 all-reduce order: on the width-8 toy network the seventh step turned a 4e-5 difference in the optimizer state
 into 0.7%, with either BatchNorm, each of which gives that step to 2e-6 from the same state.
 """
 
-import ctypes
 import functools
 
 from absl import logging
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uda_jax import parallel, switches
+from uda_jax import parallel
 from uda_jax.kernels import build
 
 ENV = "UDA_JAX_BN_KERNEL"
@@ -35,13 +34,7 @@ _BACKWARD = "uda_batch_norm_backward"
 @functools.cache
 def _load() -> str | None:
   """Builds and registers the kernels once per process: None on success, else why they are unavailable."""
-  try:
-    lib = ctypes.cdll.LoadLibrary(build.build("batch_norm_cpu.cc"))
-  except (build.BuildError, OSError) as e:
-    return str(e)
-  jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.UdaBatchNormForward), platform="cpu")
-  jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.UdaBatchNormBackward), platform="cpu")
-  return None
+  return build.register("batch_norm_cpu.cc", {_FORWARD: "UdaBatchNormForward", _BACKWARD: "UdaBatchNormBackward"})
 
 
 @functools.cache
@@ -52,16 +45,7 @@ def _warn_fallback(why: str):
 
 def enabled() -> bool:
   """Whether training-mode BatchNorm runs as the kernel: on a CPU backend, when it builds (see module doc)."""
-  forced = switches.forced(ENV)
-  if forced is False or jax.default_backend() != "cpu":
-    return False
-  why_not = _load()
-  if why_not is None:
-    return True
-  if forced:
-    raise build.BuildError(f"{ENV}=1 but the CPU BatchNorm kernel is unavailable: {why_not}")
-  _warn_fallback(why_not)
-  return False
+  return build.use_kernel(ENV, "the CPU BatchNorm kernel", _load, _warn_fallback)
 
 
 def _call(name, like, args, eps):

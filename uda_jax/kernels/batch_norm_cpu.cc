@@ -5,15 +5,12 @@
 // uda_jax/kernels/batch_norm.py builds, registers and differentiates them.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
 
 namespace ffi = xla::ffi;
 using F32 = ffi::Buffer<ffi::F32>;
@@ -21,36 +18,7 @@ using F32Out = ffi::ResultBuffer<ffi::F32>;
 
 namespace {
 
-struct Progress {
-  std::atomic<int64_t> next{0}, done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-};
-
-// Runs body(i) for every i in [0, n) on the calling thread and the pool's threads. A pool task that starts late
-// finds no chunk left and touches only the shared Progress, so the caller returns once every chunk is done.
-template <typename Body>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Body& body) {
-  auto progress = std::make_shared<Progress>();
-  auto run = [progress, n, &body]() {
-    int64_t i, mine = 0;
-    while ((i = progress->next.fetch_add(1)) < n) {
-      body(i);
-      ++mine;
-    }
-    if (mine > 0 && progress->done.fetch_add(mine) + mine == n) {
-      std::lock_guard<std::mutex> lock(progress->mu);
-      progress->cv.notify_all();
-    }
-  };
-  for (int64_t w = 0, helpers = std::min<int64_t>(pool.num_threads(), n - 1); w < helpers; ++w) {
-    auto task = run;
-    pool.Schedule(std::move(task));
-  }
-  run();
-  std::unique_lock<std::mutex> lock(progress->mu);
-  progress->cv.wait(lock, [&] { return progress->done.load() == n; });
-}
+using uda_jax::ParallelFor;
 
 // Row blocks: enough to share among threads, each long enough that its per-channel partial sums stay cheap.
 struct Rows {

@@ -6,6 +6,8 @@ hosts of a pod sharing a home directory, pytest workers) never load a half-writt
 only valid on a CPU like the one that built it, so the CPU's feature flags are part of the hash.
 """
 
+import ctypes
+import glob
 import hashlib
 import importlib.metadata
 import os
@@ -16,6 +18,7 @@ import tempfile
 
 import jax
 
+from uda_jax import switches
 from uda_jax.errors import UserError
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -54,8 +57,10 @@ def build(source: str) -> str:
   cxx = compiler()
   if cxx is None:
     raise BuildError(f"no C++ compiler found (set CXX, or install g++ / clang++) to build uda_jax/kernels/{source}")
-  with open(os.path.join(_HERE, source), "rb") as f:
-    text = f.read()
+  text = b""
+  for path in [os.path.join(_HERE, source), *sorted(glob.glob(os.path.join(_HERE, "*.h")))]:  # and its headers
+    with open(path, "rb") as f:
+      text += f.read()
   key = hashlib.sha256(b"\0".join([
       text, importlib.metadata.version("jaxlib").encode(), cxx.encode(), _cpu_signature().encode(),
       repr((FLAG_SETS, COMMON_FLAGS)).encode()])).hexdigest()[:16]
@@ -82,3 +87,29 @@ def build(source: str) -> str:
       if os.path.exists(tmp):
         os.remove(tmp)
   raise BuildError(f"uda_jax/kernels/{source} did not compile:\n" + "\n".join(errors))
+
+
+def register(source: str, targets: dict[str, str]) -> str | None:
+  """Builds `source` and registers its FFI handlers ({target name: symbol}) for the CPU: None, or why not."""
+  try:
+    lib = ctypes.cdll.LoadLibrary(build(source))
+  except (BuildError, OSError) as e:
+    return str(e)
+  for name, symbol in targets.items():
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+  return None
+
+
+def use_kernel(env: str, what: str, load, warn) -> bool:
+  """Whether to use a CPU kernel: on a CPU backend when `load()` (None or why not) succeeds, unless the switch
+  `env` is 0; when it fails, `warn(why)` and fall back, or raise if `env` is 1."""
+  forced = switches.forced(env)
+  if forced is False or jax.default_backend() != "cpu":
+    return False
+  why_not = load()
+  if why_not is None:
+    return True
+  if forced:
+    raise BuildError(f"{env}=1 but {what} is unavailable: {why_not}")
+  warn(why_not)
+  return False

@@ -1,6 +1,6 @@
-"""The CPU BatchNorm kernel (issue 13): same values and gradients as XLA's BatchNorm, in the layer and the whole
-step, and no less accurate; built once into its cache; a missing compiler falls back with a warning, or is an
-error when forced."""
+"""The CPU kernels (issue 13). BatchNorm: same values and gradients as XLA's BatchNorm, in the layer and the whole
+step, and no less accurate. The conv weight gradient (its cases in test_conv_forms.py): the whole step. Both:
+built once into their cache; a missing compiler falls back with a warning, or is an error when forced."""
 
 import os
 
@@ -12,7 +12,7 @@ import pytest
 from uda_jax import parallel, steps
 from uda_jax.errors import UserError
 from uda_jax.kernels import batch_norm as bn_kernel
-from uda_jax.kernels import build
+from uda_jax.kernels import build, conv_wgrad
 from uda_jax.models import layers
 from step_utils import init, random_batch
 
@@ -112,11 +112,12 @@ def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtyp
 
 
 @needs_compiler
-def test_training_step_with_the_kernel_equals_the_xla_step(monkeypatch, toy_config):
+@pytest.mark.parametrize("env", [bn_kernel.ENV, conv_wgrad.ENV])
+def test_training_step_with_the_kernel_equals_the_xla_step(monkeypatch, toy_config, env):
   batch = random_batch()
   results = {}
   for forced in ("1", "0"):
-    monkeypatch.setenv(bn_kernel.ENV, forced)
+    monkeypatch.setenv(env, forced)
     method, mesh, states = init(toy_config, batch)
     new, metrics = steps.make_train_step(method, toy_config, mesh)(states, parallel.global_batch(batch, mesh),
                                                                    jnp.int32(0))
@@ -125,13 +126,14 @@ def test_training_step_with_the_kernel_equals_the_xla_step(monkeypatch, toy_conf
   for key in ("loss_seg", "loss_adv_main"):
     if key in m_x:
       assert float(m_k[key]) == pytest.approx(float(m_x[key]), rel=1e-5), key
-  moved = 0
+  moved, differ = 0, False
   for name in new_x:
     for a, b in zip(jax.tree.leaves(new_k[name]), jax.tree.leaves(new_x[name]), strict=True):
       if np.issubdtype(np.asarray(b).dtype, np.floating):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(float(np.abs(b).max()), 1e-3))
         moved += 1
-  assert moved > 10
+        differ = differ or not np.array_equal(a, b)
+  assert moved > 10 and differ  # the kernel ran: other rounding than XLA's
 
 
 def test_build_writes_one_library_and_reuses_it(tmp_path, monkeypatch):
@@ -172,6 +174,15 @@ def test_without_a_compiler_training_falls_back_unless_the_kernel_is_forced(tmp_
   y, _ = bn.apply(variables, x, train=True, mutable=["batch_stats"])  # XLA's BatchNorm, nothing built
   np.testing.assert_allclose(y, 0.0, atol=1e-6)
   assert os.listdir(tmp_path) == []
+  # the conv weight-gradient kernel likewise: the layers keep XLA's weight gradient
+  monkeypatch.setattr(conv_wgrad, "_load", conv_wgrad._load.__wrapped__)
+  monkeypatch.setattr(conv_wgrad, "_warn_fallback", warnings.append)
+  monkeypatch.setenv(conv_wgrad.ENV, "")
+  assert "wgrad" not in layers.cpu_conv_forms() and len(warnings) == 2 and "no C++ compiler" in warnings[1]
+  assert os.listdir(tmp_path) == []
+  monkeypatch.setenv(conv_wgrad.ENV, "1")
+  with pytest.raises(build.BuildError, match="UDA_JAX_CONV_WGRAD_KERNEL=1 but .* no C.. compiler"):
+    layers.cpu_conv_forms()
   monkeypatch.setenv(bn_kernel.ENV, "1")
   with pytest.raises(build.BuildError, match="UDA_JAX_BN_KERNEL=1 but .* no C.. compiler"):
     bn_kernel.enabled()
