@@ -208,10 +208,10 @@ def test_bytes_accessed_show_batch_statistics_as_memory_traffic(monkeypatch):
     monkeypatch.setenv("UDA_JAX_BN_KERNEL", "1")
     kernel = bench.benchmark(c, SIZE, 0)
     assert kernel["cpu_bn_kernel"] and kernel["gb_accessed_per_step"] < stats["gb_accessed_per_step"]
-    # the conv weight-gradient kernel's FLOPs, invisible to XLA's analysis, are still counted
-    monkeypatch.setenv("UDA_JAX_CONV_WGRAD_KERNEL", "0")
+    # the conv kernels' FLOPs, invisible to XLA's analysis, are still counted
+    monkeypatch.setenv("UDA_JAX_CONV_KERNEL", "0")
     without = bench.benchmark(c, SIZE, 0)
-    assert kernel["cpu_conv_wgrad_kernel"] and not without["cpu_conv_wgrad_kernel"]
+    assert kernel["cpu_conv_kernel"] and not without["cpu_conv_kernel"]
     assert kernel["gflops_per_step"] == without["gflops_per_step"]
 
 

@@ -1,5 +1,5 @@
 """The CPU conv forms (issue 13): narrow convs as a matmul and shifted adds, strided convs' input gradient as the
-sub-pixel transposed conv, other stride-1 convs' weight gradient by the C++ kernel; the same values and gradients as XLA's convolution (also where taps read only padding,
+sub-pixel transposed conv, other stride-1 convs as the C++ kernels; the same values and gradients as XLA's convolution (also where taps read only padding,
 with per-axis and asymmetric padding, in float64 and under shard_map), used by layers.Conv on a CPU with the same
 parameters, and switchable off."""
 
@@ -22,8 +22,8 @@ def _value_and_grads(conv, x, w, strides, pads, dilation, probe):
 
 
 def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which, kernel=None):
-  """Values and gradients of conv_forms.conv against XLA's conv; `kernel`: whether the jaxpr must call the
-  weight-gradient kernel."""
+  """Values and gradients of conv_forms.conv against XLA's conv; `kernel`: whether the jaxpr must call the C++
+  kernels (forward, weight gradient, and input gradient where C_in is a multiple of 16)."""
   assert conv_forms.form(x_shape, w_shape, strides, pads, rhs_dilation=dilation) == which
   with jax.enable_x64(dtype == jnp.float64):
     keys = jax.random.split(jax.random.key(0), 3)
@@ -35,9 +35,10 @@ def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which, kernel=Non
     (l_ours, g_ours), (l_ref, g_ref) = (_value_and_grads(c, x, w, strides, pads, dilation, probe)
                                         for c in (conv_forms.conv, jax.lax.conv_general_dilated))
     if kernel is not None:
-      jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv_forms.conv(x, w, strides, pads, rhs_dilation=dilation,
-                                                                           dimension_numbers=_NHWC))))(w))
-      assert ("uda_conv_weight_grad" in jaxpr) == kernel
+      jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv_forms.conv(
+          x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC)), argnums=(0, 1)))(x, w))
+      assert jaxpr.count("uda_conv_weight_grad") == kernel
+      assert jaxpr.count("uda_conv_forward") == kernel * (1 + (x_shape[3] % 16 == 0))
     tol = 1e-12 if dtype == jnp.float64 else 3e-6
     assert float(l_ours) == pytest.approx(float(l_ref), rel=tol)
     for ours, ref in zip(g_ours, g_ref):
@@ -76,19 +77,20 @@ def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(x_sha
 @pytest.mark.parametrize("x_shape, w_shape, pads, dilation", [
     ((1, 33, 65, 256), (3, 3, 256, 256), ((2, 2), (2, 2)), (2, 2)),  # ResNet layer3
     ((2, 13, 21, 64), (3, 3, 64, 64), ((1, 1), (1, 1)), (1, 1)),  # layer1, two images
-    ((2, 9, 17, 70), (3, 3, 70, 48), ((12, 12), (12, 12)), (12, 12)),  # outer taps read only padding; C_in % 6
-    ((1, 8, 11, 10), (3, 3, 10, 80), ((0, 2), (1, 0)), (1, 2)),  # asymmetric padding; C_out 64 + 16
+    ((2, 9, 17, 70), (3, 3, 70, 48), ((12, 12), (12, 12)), (12, 12)),  # outer taps read only padding; dx XLA's
+    ((2, 9, 17, 32), (3, 3, 32, 48), ((12, 12), (12, 12)), (12, 12)),  # the same, dx by the kernel
+    ((1, 8, 11, 32), (3, 3, 32, 80), ((0, 2), (1, 0)), (1, 2)),  # asymmetric padding; C_out 64 + 16
     ((1, 7, 6, 5), (2, 2, 5, 32), ((1, 0), (0, 1)), (1, 1)),  # even kernel
-    ((1, 6, 9, 3), (3, 5, 3, 16), ((4, 3), (3, 5)), (1, 1)),  # rectangular kernel, padding beyond it
+    ((1, 6, 9, 16), (3, 5, 16, 16), ((4, 3), (3, 5)), (1, 1)),  # rectangular kernel, padding beyond it
     ((1, 5, 7, 24), (1, 1, 24, 32), ((1, 1), (0, 2)), (1, 1)),  # padded 1x1
 ])
-def test_weight_gradient_kernel_equals_xla(x_shape, w_shape, pads, dilation, dtype):
-  # float32 through the kernel; float64 (not the kernel's) stays XLA's
-  _compare(x_shape, w_shape, (1, 1), pads, dilation, dtype, "wgrad", kernel=dtype == jnp.float32)
+def test_conv_kernels_equal_xla(x_shape, w_shape, pads, dilation, dtype):
+  # float32 through the kernels; float64 (not the kernels') stays XLA's
+  _compare(x_shape, w_shape, (1, 1), pads, dilation, dtype, "kernel", kernel=dtype == jnp.float32)
 
 
-def test_weight_gradient_kernel_only_for_output_channels_in_sixteens():
-  _compare((1, 9, 10, 8), (3, 3, 8, 24), (1, 1), ((1, 1), (1, 1)), (1, 1), jnp.float32, "wgrad", kernel=False)
+def test_conv_kernels_only_for_output_channels_in_sixteens():
+  _compare((1, 9, 10, 16), (3, 3, 16, 24), (1, 1), ((1, 1), (1, 1)), (1, 1), jnp.float32, "kernel", kernel=False)
 
 
 def test_narrow_conv_in_bfloat16_sums_in_float32():
@@ -108,8 +110,8 @@ def test_form_picks_only_the_shapes_it_handles():
   pads = ((1, 1), (1, 1))
   form = conv_forms.form
   assert form((1, 8, 8, 2048), (3, 3, 2048, 19), (1, 1), pads) == "narrow"
-  assert form((1, 8, 8, 256), (3, 3, 256, 256), (1, 1), pads) == "wgrad"  # ResNet 3x3: narrow measured slower
-  assert form((1, 8, 8, 64), (1, 1, 64, 4), (1, 1), pads) == "wgrad"  # a padded 1x1 (unpadded: Dense1x1)
+  assert form((1, 8, 8, 256), (3, 3, 256, 256), (1, 1), pads) == "kernel"  # ResNet 3x3: narrow measured slower
+  assert form((1, 8, 8, 64), (1, 1, 64, 4), (1, 1), pads) == "kernel"  # a padded 1x1 (unpadded: Dense1x1)
   assert form((1, 8, 8, 64), (4, 4, 64, 128), (2, 2), pads) == "strided"
   assert form((1, 8, 8, 64), (3, 3, 64, 128), (2, 2), pads, rhs_dilation=(2, 2)) is None
   assert form((1, 8, 8, 64), (3, 3, 64, 128), (2, 1), pads) is None
@@ -119,7 +121,7 @@ def test_form_picks_only_the_shapes_it_handles():
   assert form((1, 256, 8, 8), (19, 256, 3, 3), (1, 1), pads, dimension_numbers=("NCHW", "OIHW", "NCHW")) is None
 
 
-ENVS = ("UDA_JAX_NARROW_CONV_MATMUL", "UDA_JAX_STRIDED_CONV_S2D", "UDA_JAX_CONV_WGRAD_KERNEL")
+ENVS = ("UDA_JAX_NARROW_CONV_MATMUL", "UDA_JAX_STRIDED_CONV_S2D", "UDA_JAX_CONV_KERNEL")
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation, c_out, env", [
@@ -134,16 +136,16 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
   loss = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
   grads = lambda: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
   # XLA's form: every conv op a convolution (forward, input and weight gradient); 'narrow' has none at all,
-  # 'strided' three (the input gradient a sub-pixel conv), 'wgrad' two and the kernel's custom call
+  # 'strided' three (the input gradient a sub-pixel conv), 'kernel' none (the C++ kernels' custom calls)
   hlo = lambda: jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
   for name in ENVS:
     monkeypatch.delenv(name, raising=False)
-  assert set(layers.cpu_conv_forms()) == {"narrow", "strided", "wgrad"}
+  assert set(layers.cpu_conv_forms()) == {"narrow", "strided", "kernel"}
   ours, ours_hlo = grads(), hlo()
   monkeypatch.setenv(env, "0")
   ref, ref_hlo = grads(), hlo()
   assert ref_hlo.count("convolution(") == 3 and "uda_conv_weight_grad" not in ref_hlo
-  assert ours_hlo.count("convolution(") == {ENVS[0]: 0, ENVS[1]: 3, ENVS[2]: 2}[env]
+  assert ours_hlo.count("convolution(") == {ENVS[0]: 0, ENVS[1]: 3, ENVS[2]: 0}[env]
   assert ("uda_conv_weight_grad" in ours_hlo) == (env == ENVS[2])
   if stride > 1:  # the input gradient is a stride-1 conv of the output gradient: no input dilation
     assert "lhs_dilate = [2, 2]" in ref_hlo and "lhs_dilate = [2, 2]" not in ours_hlo
@@ -151,11 +153,11 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
                ours, ref)
 
 
-@pytest.mark.parametrize("w_shape, stride", [((4, 4, 8, 6), 2), ((3, 3, 8, 16), 1)])  # 'strided', 'wgrad'
+@pytest.mark.parametrize("w_shape, stride", [((4, 4, 8, 6), 2), ((3, 3, 8, 16), 1), ((3, 3, 16, 32), 1)])
 def test_kernel_gradient_is_summed_over_devices_under_shard_map(w_shape, stride):
   mesh = parallel.make_mesh()
   keys = jax.random.split(jax.random.key(3), 2)
-  x = jax.random.normal(keys[0], (mesh.size * 2, 10, 12, 8))
+  x = jax.random.normal(keys[0], (mesh.size * 2, 10, 12, w_shape[2]))  # 'strided', 'kernel' with dx XLA's / ours
   w = jax.random.normal(keys[1], w_shape) / 12
   pads = ((1, 1), (1, 1))
 

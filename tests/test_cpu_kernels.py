@@ -1,5 +1,5 @@
 """The CPU kernels (issue 13). BatchNorm: same values and gradients as XLA's BatchNorm, in the layer and the whole
-step, and no less accurate. The conv weight gradient (its cases in test_conv_forms.py): the whole step. Both:
+step, and no less accurate. The stride-1 conv kernels (their cases in test_conv_forms.py): the whole step. Both:
 built once into their cache; a missing compiler falls back with a warning, or is an error when forced."""
 
 import os
@@ -12,7 +12,7 @@ import pytest
 from uda_jax import parallel, steps
 from uda_jax.errors import UserError
 from uda_jax.kernels import batch_norm as bn_kernel
-from uda_jax.kernels import build, conv_wgrad
+from uda_jax.kernels import build, conv_kernel
 from uda_jax.models import layers
 from step_utils import init, random_batch
 
@@ -112,7 +112,7 @@ def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtyp
 
 
 @needs_compiler
-@pytest.mark.parametrize("env", [bn_kernel.ENV, conv_wgrad.ENV])
+@pytest.mark.parametrize("env", [bn_kernel.ENV, conv_kernel.ENV])
 def test_training_step_with_the_kernel_equals_the_xla_step(monkeypatch, toy_config, env):
   batch = random_batch()
   results = {}
@@ -174,14 +174,14 @@ def test_without_a_compiler_training_falls_back_unless_the_kernel_is_forced(tmp_
   y, _ = bn.apply(variables, x, train=True, mutable=["batch_stats"])  # XLA's BatchNorm, nothing built
   np.testing.assert_allclose(y, 0.0, atol=1e-6)
   assert os.listdir(tmp_path) == []
-  # the conv weight-gradient kernel likewise: the layers keep XLA's weight gradient
-  monkeypatch.setattr(conv_wgrad, "_load", conv_wgrad._load.__wrapped__)
-  monkeypatch.setattr(conv_wgrad, "_warn_fallback", warnings.append)
-  monkeypatch.setenv(conv_wgrad.ENV, "")
-  assert "wgrad" not in layers.cpu_conv_forms() and len(warnings) == 2 and "no C++ compiler" in warnings[1]
+  # the conv kernels likewise: the layers keep XLA's convolutions
+  monkeypatch.setattr(conv_kernel, "_load", conv_kernel._load.__wrapped__)
+  monkeypatch.setattr(conv_kernel, "_warn_fallback", warnings.append)
+  monkeypatch.setenv(conv_kernel.ENV, "")
+  assert "kernel" not in layers.cpu_conv_forms() and len(warnings) == 2 and "no C++ compiler" in warnings[1]
   assert os.listdir(tmp_path) == []
-  monkeypatch.setenv(conv_wgrad.ENV, "1")
-  with pytest.raises(build.BuildError, match="UDA_JAX_CONV_WGRAD_KERNEL=1 but .* no C.. compiler"):
+  monkeypatch.setenv(conv_kernel.ENV, "1")
+  with pytest.raises(build.BuildError, match="UDA_JAX_CONV_KERNEL=1 but .* no C.. compiler"):
     layers.cpu_conv_forms()
   monkeypatch.setenv(bn_kernel.ENV, "1")
   with pytest.raises(build.BuildError, match="UDA_JAX_BN_KERNEL=1 but .* no C.. compiler"):

@@ -64,7 +64,7 @@ from ml_collections import config_flags
 
 from uda_jax import cli, methods, parallel, peak_flops, steps, switches, xla_flags
 from uda_jax.kernels import batch_norm as bn_kernel
-from uda_jax.kernels import conv_wgrad
+from uda_jax.kernels import conv_kernel
 from uda_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:presets].", lock_config=True)
@@ -136,7 +136,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
           **_memory_analysis(compiled), **_bytes_accessed(compiled, mesh)}
   if jax.default_backend() == "cpu":
     info["cpu_bn_kernel"] = bn_kernel.enabled()  # training-mode BatchNorm as a C++ kernel (uda_jax.kernels)
-    info["cpu_conv_wgrad_kernel"] = conv_wgrad.enabled()  # stride-1 conv weight gradients as a C++ kernel
+    info["cpu_conv_kernel"] = conv_kernel.enabled()  # stride-1 convs as C++ kernels
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
   states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
@@ -219,12 +219,12 @@ def step_flops(method, config, mesh, states, gb, lowered=None) -> float:
   once more for one CPU device with one device's share of the batch: a GPU's analysis counts the convolutions
   (cuDNN custom calls) as zero (on an H100 it saw 79 of ~6700 GFLOP). On a CPU the lowered count is ~8% above
   the compiled program's (elementwise work that fusion removes). Custom calls count as nothing there too, so
-  the count is taken with the conv weight-gradient kernel off (BatchNorm's kernel: elementwise work, left out)."""
-  if lowered is None or jax.default_backend() != "cpu" or conv_wgrad.enabled():
+  the count is taken with the conv kernels off (BatchNorm's kernel: elementwise work, left out)."""
+  if lowered is None or jax.default_backend() != "cpu" or conv_kernel.enabled():
     cpu_mesh = parallel.make_mesh(jax.devices("cpu")[:1])
     shape = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
     share = lambda a: jax.ShapeDtypeStruct((a.shape[0] // mesh.size, *a.shape[1:]), a.dtype)
-    with switches.setting({conv_wgrad.ENV: "0"}):
+    with switches.setting({conv_kernel.ENV: "0"}):
       lowered = steps.make_train_step(method, config, cpu_mesh).lower(
           jax.tree.map(shape, states), jax.tree.map(share, gb), jnp.int32(0))
   return _cost(lowered, "flops") * mesh.size

@@ -19,9 +19,9 @@ output gradient, is taken in sub-pixel form (`conv_transpose_subpixel`: each of 
 a stride-1 conv of the undilated output gradient), which XLA:CPU runs like any other conv. (The whole conv in
 space-to-depth form, the forward's counterpart, measured slower: its weight gradient is.)
 
-Other stride-1 convs (`kernel_wgrad_conv`): XLA's forward and input gradient; the weight gradient, which XLA:CPU
-runs at a third to a half of PyTorch's speed on the ResNet's 3x3 convs, by the C++ kernel of
-uda_jax/kernels/conv_wgrad.py (float32, output channels a multiple of 16).
+Other stride-1 convs (`kernel_conv`, float32, output channels a multiple of 16): the C++ kernels of
+uda_jax/kernels/conv_kernel.py for the forward, the weight gradient (which XLA:CPU runs at a third to a half of
+PyTorch's speed on the ResNet's 3x3 convs) and, where the input channels are a multiple of 16, the input gradient.
 
 Strided transposed convs (FCN-8s's upsamplers, LSD-seg's generator) use `conv_transpose_subpixel` on a CPU too
 (layers.ConvTranspose).
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uda_jax import parallel
-from uda_jax.kernels import conv_wgrad
+from uda_jax.kernels import conv_kernel
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -49,18 +49,18 @@ def _plain_2d(x_shape, w_shape, padding, lhs_dilation, dimension_numbers, featur
 
 def form(x_shape, w_shape, strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
          feature_group_count=1) -> str | None:
-  """'narrow', 'strided', 'wgrad' or None (XLA's convolution) for a conv of these arguments."""
+  """'narrow', 'strided', 'kernel' or None (XLA's convolution) for a conv of these arguments."""
   if not _plain_2d(x_shape, w_shape, padding, lhs_dilation, dimension_numbers, feature_group_count):
     return None
   kh, kw, c_in, c_out = w_shape
   s = tuple(strides)
   if s == (1, 1):
-    return "narrow" if kh * kw > 1 and kh * kw * c_out <= c_in else "wgrad"
+    return "narrow" if kh * kw > 1 and kh * kw * c_out <= c_in else "kernel"
   return "strided" if s[0] == s[1] and all(d == 1 for d in (rhs_dilation or (1, 1))) else None
 
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-         feature_group_count=1, precision=None, *, forms=("narrow", "strided", "wgrad"), **kwargs):
+         feature_group_count=1, precision=None, *, forms=("narrow", "strided", "kernel"), **kwargs):
   """lax.conv_general_dilated (the signature nn.Conv calls) in the `form` of its arguments, if that is in `forms`."""
   which = None if kwargs else form(lhs.shape, rhs.shape, window_strides, padding, lhs_dilation, rhs_dilation,
                                    dimension_numbers, feature_group_count)
@@ -69,9 +69,9 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
   if which == "strided" and which in forms:
     rhs, = parallel.vary_like(lhs, rhs)  # an unmapped kernel's gradient is then summed over devices
     return strided_conv(lhs, rhs, window_strides[0], tuple(tuple(int(v) for v in p) for p in padding), precision)
-  if which == "wgrad" and which in forms and conv_wgrad.supports(lhs.dtype, rhs.shape) and rhs.dtype == lhs.dtype:
+  if which == "kernel" and which in forms and conv_kernel.supports(lhs.dtype, rhs.shape[3]) and rhs.dtype == lhs.dtype:
     rhs, = parallel.vary_like(lhs, rhs)
-    return kernel_wgrad_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in padding),
+    return kernel_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in padding),
                              tuple(int(d) for d in (rhs_dilation or (1, 1))), precision)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                       dimension_numbers, feature_group_count, precision=precision, **kwargs)
@@ -131,22 +131,32 @@ def _dilated_conv(x, w, padding, dilation, precision):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def kernel_wgrad_conv(x, w, padding, dilation, precision=None):
-  """A stride-1 NHWC conv: XLA's forward and input gradient, the weight gradient by the C++ kernel."""
-  return _dilated_conv(x, w, padding, dilation, precision)
+def kernel_conv(x, w, padding, dilation, precision=None):
+  """A stride-1 NHWC conv whose forward and gradients are the C++ kernels (the input gradient XLA's where the
+  input channels are no multiple of 16)."""
+  return _kernel_forward(x, w, padding, dilation, precision)[0]
 
 
-def _kernel_wgrad_forward(x, w, padding, dilation, precision):
-  return _dilated_conv(x, w, padding, dilation, precision), (x, w)
+def _out_size(x, w, padding, dilation):
+  return tuple(n + lo + hi - (k - 1) * d for n, (lo, hi), k, d in zip(x.shape[1:3], padding, w.shape[:2], dilation))
 
 
-def _kernel_wgrad_backward(padding, dilation, precision, residuals, dy):
+def _kernel_forward(x, w, padding, dilation, precision):
+  lows = tuple(lo for lo, _ in padding)
+  return conv_kernel.forward(x, w, dilation, lows, _out_size(x, w, padding, dilation)), (x, w)
+
+
+def _kernel_backward(padding, dilation, precision, residuals, dy):
   x, w = residuals
-  dx = jax.vjp(lambda x: _dilated_conv(x, w, padding, dilation, precision), x)[1](dy)[0]
-  return dx, conv_wgrad.weight_grad(x, dy, w.shape[:2], dilation, tuple(lo for lo, _ in padding))
+  lows = tuple(lo for lo, _ in padding)
+  if conv_kernel.supports(x.dtype, x.shape[3]):
+    dx = conv_kernel.input_grad(dy, w, dilation, lows, x.shape[1:3])
+  else:
+    dx = jax.vjp(lambda x: _dilated_conv(x, w, padding, dilation, precision), x)[1](dy)[0]
+  return dx, conv_kernel.weight_grad(x, dy, w.shape[:2], dilation, lows)
 
 
-kernel_wgrad_conv.defvjp(_kernel_wgrad_forward, _kernel_wgrad_backward)
+kernel_conv.defvjp(_kernel_forward, _kernel_backward)
 
 
 def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None):

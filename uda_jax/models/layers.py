@@ -10,7 +10,7 @@ import numpy as np
 
 from uda_jax import switches
 from uda_jax.kernels import batch_norm as batch_norm_kernel
-from uda_jax.kernels import conv_wgrad
+from uda_jax.kernels import conv_kernel
 from uda_jax.models import conv_forms
 
 # DeepLab's official init: every conv N(0, 0.01) (then overwritten by pretrained weights).
@@ -49,10 +49,10 @@ def cpu_conv_forms() -> tuple[str, ...]:
   convolutions of those shapes ran several times slower than PyTorch's; accelerators keep XLA's convolution.
   UDA_JAX_NARROW_CONV_MATMUL and UDA_JAX_STRIDED_CONV_S2D =1 / 0 force either (S2D: the strided form's first
   version went through the space-to-depth conv; the name stays so that recorded commands still work); and
-  'wgrad' (other convs' weight gradients by a C++ kernel, `uda_jax.kernels.conv_wgrad`, UDA_JAX_CONV_WGRAD_KERNEL)."""
+  'kernel' (other stride-1 float32 convs as C++ kernels, `uda_jax.kernels.conv_kernel`, UDA_JAX_CONV_KERNEL)."""
   forms = tuple(f for f, env in (("narrow", "UDA_JAX_NARROW_CONV_MATMUL"), ("strided", "UDA_JAX_STRIDED_CONV_S2D"))
                 if _cpu_rewrite(env))
-  return forms + ("wgrad",) if conv_wgrad.enabled() else forms
+  return forms + ("kernel",) if conv_kernel.enabled() else forms
 
 
 def conv_transpose_as_subpixel() -> bool:
@@ -68,8 +68,8 @@ class Conv(nn.Module):
   On a CPU an unpadded 1x1 conv runs as a strided slice and a matrix multiply (`Dense1x1`, same parameters):
   XLA:CPU emits its weight gradient as a whole-image convolution with one input feature, ~18x slower than the
   matmul (issue 13). Accelerators keep the convolution (`conv1x1_as_matmul`). Likewise, on a CPU, convs with few
-  output channels, the input gradients of strided convs and the weight gradients of other convs take faster
-  forms (`cpu_conv_forms`).
+  output channels and the input gradients of strided convs take faster forms, and other stride-1 convs run as
+  C++ kernels (`cpu_conv_forms`).
   """
 
   features: int
