@@ -162,7 +162,8 @@ def test_without_a_compiler_training_falls_back_unless_the_kernel_is_forced(tmp_
   monkeypatch.setenv("CXX", "no-such-compiler-xyz")
   monkeypatch.setattr(bn_kernel, "_load", bn_kernel._load.__wrapped__)  # not the process's cached build
   warnings = []
-  monkeypatch.setattr(bn_kernel, "_warn_fallback", warnings.append)
+  monkeypatch.setattr(build, "warn_fallback", lambda env, what, instead, why: warnings.append(
+      f"{what}: {instead}: {why}"))
   monkeypatch.setenv(bn_kernel.ENV, "")
   assert not bn_kernel.enabled()
   assert len(warnings) == 1 and "no C++ compiler" in warnings[0]
@@ -176,7 +177,6 @@ def test_without_a_compiler_training_falls_back_unless_the_kernel_is_forced(tmp_
   assert os.listdir(tmp_path) == []
   # the conv kernels likewise: the layers keep XLA's convolutions
   monkeypatch.setattr(conv_kernel, "_load", conv_kernel._load.__wrapped__)
-  monkeypatch.setattr(conv_kernel, "_warn_fallback", warnings.append)
   monkeypatch.setenv(conv_kernel.ENV, "")
   assert "kernel" not in layers.cpu_conv_forms() and len(warnings) == 2 and "no C++ compiler" in warnings[1]
   assert os.listdir(tmp_path) == []

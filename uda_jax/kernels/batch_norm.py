@@ -18,7 +18,6 @@ into 0.7%, with either BatchNorm, each of which gives that step to 2e-6 from the
 
 import functools
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,15 +36,9 @@ def _load() -> str | None:
   return build.register("batch_norm_cpu.cc", {_FORWARD: "UdaBatchNormForward", _BACKWARD: "UdaBatchNormBackward"})
 
 
-@functools.cache
-def _warn_fallback(why: str):
-  logging.warning("The CPU BatchNorm kernel is unavailable, so training uses XLA's slower BatchNorm "
-                  "(docs/performance.md); %s=0 silences this. %s", ENV, why)
-
-
 def enabled() -> bool:
   """Whether training-mode BatchNorm runs as the kernel: on a CPU backend, when it builds (see module doc)."""
-  return build.use_kernel(ENV, "the CPU BatchNorm kernel", _load, _warn_fallback)
+  return build.use_kernel(ENV, "the CPU BatchNorm kernel", "XLA's slower BatchNorm", _load)
 
 
 def _call(name, like, args, eps):

@@ -7,6 +7,7 @@ only valid on a CPU like the one that built it, so the CPU's feature flags are p
 """
 
 import ctypes
+import functools
 import glob
 import hashlib
 import importlib.metadata
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import tempfile
 
+from absl import logging
 import jax
 
 from uda_jax import switches
@@ -100,9 +102,16 @@ def register(source: str, targets: dict[str, str]) -> str | None:
   return None
 
 
-def use_kernel(env: str, what: str, load, warn) -> bool:
-  """Whether to use a CPU kernel: on a CPU backend when `load()` (None or why not) succeeds, unless the switch
-  `env` is 0; when it fails, `warn(why)` and fall back, or raise if `env` is 1."""
+@functools.cache
+def warn_fallback(env: str, what: str, instead: str, why: str):
+  """Once per process and kernel: why the kernel is unavailable and what runs instead."""
+  logging.warning("%s could not be built or loaded, so training uses %s (docs/performance.md); %s=0 silences "
+                  "this. %s", what[0].upper() + what[1:], instead, env, why)
+
+
+def use_kernel(env: str, what: str, instead: str, load) -> bool:
+  """Whether to use a CPU kernel (`what`): on a CPU backend when `load()` (None or why not) succeeds, unless the
+  switch `env` is 0; when it fails, warn and fall back to `instead`, or raise if `env` is 1."""
   forced = switches.forced(env)
   if forced is False or jax.default_backend() != "cpu":
     return False
@@ -110,6 +119,6 @@ def use_kernel(env: str, what: str, load, warn) -> bool:
   if why_not is None:
     return True
   if forced:
-    raise BuildError(f"{env}=1 but {what} is unavailable: {why_not}")
-  warn(why_not)
+    raise BuildError(f"{env}=1 but {what} could not be built or loaded: {why_not}")
+  warn_fallback(env, what, instead, why_not)
   return False

@@ -15,7 +15,6 @@ element is summed by one thread in a fixed order, so they do not depend on the t
 
 import functools
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,15 +33,9 @@ def _load() -> str | None:
   return build.register("conv_cpu.cc", {_FORWARD: "UdaConvForward", _WEIGHT_GRAD: "UdaConvWeightGrad"})
 
 
-@functools.cache
-def _warn_fallback(why: str):
-  logging.warning("The CPU conv kernels are unavailable, so training uses XLA's slower convolutions "
-                  "(docs/performance.md); %s=0 silences this. %s", ENV, why)
-
-
 def enabled() -> bool:
   """Whether stride-1 float32 convs run as the kernels: on a CPU backend, when they build."""
-  return build.use_kernel(ENV, "the CPU conv kernels", _load, _warn_fallback)
+  return build.use_kernel(ENV, "the CPU conv kernels", "XLA's slower convolutions", _load)
 
 
 def supports(dtype, channels: int) -> bool:
