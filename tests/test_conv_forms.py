@@ -1,7 +1,7 @@
 """The CPU conv forms (issue 13): narrow convs as a matmul and shifted adds, strided convs' input gradient as the
-sub-pixel transposed conv, other stride-1 convs as the C++ kernels; the same values and gradients as XLA's convolution (also where taps read only padding,
-with per-axis and asymmetric padding, in float64 and under shard_map), used by layers.Conv on a CPU with the same
-parameters, and switchable off."""
+sub-pixel transposed conv, other stride-1 convs as the C++ kernels; the same values and gradients as XLA's
+convolution (also where taps read only padding, with per-axis and asymmetric padding, in float64 and under
+shard_map), used by layers.Conv on a CPU with the same parameters, and switchable off."""
 
 import jax
 import jax.numpy as jnp

@@ -98,7 +98,10 @@ static ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
     const int64_t c0 = cb * kCiBlock, c1 = std::min(ci, c0 + kCiBlock);
     const int64_t o0 = ob * kCoBlock, o1 = std::min(co, o0 + kCoBlock);
     for (int64_t j = 0; j < kw; ++j)
-      for (int64_t c = c0; c < c1; ++c) std::fill(pw + ((i * kw + j) * ci + c) * co + o0, pw + ((i * kw + j) * ci + c) * co + o1, 0.f);
+      for (int64_t c = c0; c < c1; ++c) {
+        float* row = pw + ((i * kw + j) * ci + c) * co;
+        std::fill(row + o0, row + o1, 0.f);
+      }
     // Output rows whose tap-row-i input row lies inside the image.
     const int64_t r0 = std::max<int64_t>(0, pad_top - i * dil_h), r1 = std::min(oh, h + pad_top - i * dil_h);
     if (r0 >= r1) return;
@@ -166,7 +169,8 @@ static ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
         if (full0 < full1) {
           for (int64_t q = full0; q < full1; q += kMr) {
             const int mr = static_cast<int>(std::min<int64_t>(kMr, full1 - q));
-            Pick(mr, nv)(kw, ci, xrow + (q - pad_left) * ci, dil_w * ci, 1, ci, ki + o, ci * co, co, yr + q * co + o, co);
+            Pick(mr, nv)(kw, ci, xrow + (q - pad_left) * ci, dil_w * ci, 1, ci, ki + o, ci * co, co, yr + q * co + o,
+                         co);
           }
           for (int64_t j = 0; j < kw; ++j) {
             tap_range(j, 0, full0);

@@ -69,10 +69,10 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
   if which == "strided" and which in forms:
     rhs, = parallel.vary_like(lhs, rhs)  # an unmapped kernel's gradient is then summed over devices
     return strided_conv(lhs, rhs, window_strides[0], tuple(tuple(int(v) for v in p) for p in padding), precision)
-  if which == "kernel" and which in forms and conv_kernel.supports(lhs.dtype, rhs.shape[3]) and rhs.dtype == lhs.dtype:
+  if which == "kernel" and which in forms and rhs.dtype == lhs.dtype and conv_kernel.supports(lhs.dtype, rhs.shape[3]):
     rhs, = parallel.vary_like(lhs, rhs)
-    return kernel_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in padding),
-                             tuple(int(d) for d in (rhs_dilation or (1, 1))), precision)
+    dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
+    return kernel_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in padding), dilation, precision)
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                       dimension_numbers, feature_group_count, precision=precision, **kwargs)
 
