@@ -170,3 +170,18 @@ def test_kernel_gradient_is_summed_over_devices_under_shard_map(w_shape, stride)
 
   for ours, ref in zip(grads(conv_forms.conv), grads(jax.lax.conv_general_dilated)):
     np.testing.assert_allclose(ours, ref, rtol=0, atol=2e-6 * float(np.abs(ref).max()))
+
+
+def test_kernel_form_leaves_mistakes_empty_outputs_and_a_disabled_kernel_to_xla(monkeypatch):
+  x, w = jnp.ones((1, 8, 8, 32)), jnp.ones((3, 3, 16, 32))
+  with pytest.raises(ValueError, match="feature dimension"):  # XLA's own check, not a kernel reading past w
+    conv_forms.conv(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=_NHWC)
+  y = conv_forms.conv(jnp.ones((1, 4, 4, 16)), jnp.ones((3, 3, 16, 16)), (1, 1), ((0, 0), (0, 0)),
+                      rhs_dilation=(4, 4), dimension_numbers=_NHWC)
+  assert y.shape == (1, 0, 0, 16)  # the window exceeds the input: XLA's empty output
+  x, w = jnp.ones((1, 8, 8, 16)), jnp.ones((3, 3, 16, 16))
+  traced = lambda: str(jax.make_jaxpr(lambda x: conv_forms.conv(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                                dimension_numbers=_NHWC))(x))
+  assert "uda_conv_forward" in traced()
+  monkeypatch.setenv("UDA_JAX_CONV_KERNEL", "0")
+  assert "uda_conv_forward" not in traced()

@@ -69,7 +69,7 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
   if which == "strided" and which in forms:
     rhs, = parallel.vary_like(lhs, rhs)  # an unmapped kernel's gradient is then summed over devices
     return strided_conv(lhs, rhs, window_strides[0], tuple(tuple(int(v) for v in p) for p in padding), precision)
-  if which == "kernel" and which in forms and rhs.dtype == lhs.dtype and conv_kernel.supports(lhs.dtype, rhs.shape[3]):
+  if which == "kernel" and which in forms and _kernel_applies(lhs, rhs, padding, rhs_dilation):
     rhs, = parallel.vary_like(lhs, rhs)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
     return kernel_conv(lhs, rhs, tuple(tuple(int(v) for v in p) for p in padding), dilation, precision)
@@ -123,6 +123,15 @@ def _strided_backward(s, padding, precision, residuals, dy):
 
 
 strided_conv.defvjp(_strided_forward, _strided_backward)
+
+
+def _kernel_applies(x, w, padding, dilation) -> bool:
+  """Whether the C++ kernels take this stride-1 conv: enabled (a CPU backend), their dtype and channels, matching
+  channels and a non-empty output; anything else goes to XLA, whose own checks then name a mistake."""
+  dilation = tuple(dilation or (1, 1))
+  return (x.dtype == w.dtype and x.shape[3] == w.shape[2] and all(d >= 1 for d in dilation)
+          and all(n > 0 for n in _out_size(x, w, padding, dilation))
+          and conv_kernel.supports(x.dtype, w.shape[3]) and conv_kernel.enabled())
 
 
 def _dilated_conv(x, w, padding, dilation, precision):
