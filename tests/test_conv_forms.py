@@ -23,7 +23,8 @@ def _value_and_grads(conv, x, w, strides, pads, dilation, probe):
 
 def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which, kernel=None):
   """Values and gradients of conv_forms.conv against XLA's conv; `kernel`: whether the jaxpr must call the C++
-  kernels (forward, weight gradient, and input gradient where C_in is a multiple of 16)."""
+  kernels (forward, weight gradient, and the input gradient's stride-1 conv where its output channels, C_in
+  times the stride squared, are a multiple of 16)."""
   assert conv_forms.form(x_shape, w_shape, strides, pads, rhs_dilation=dilation) == which
   with jax.enable_x64(dtype == jnp.float64):
     keys = jax.random.split(jax.random.key(0), 3)
@@ -38,9 +39,10 @@ def _compare(x_shape, w_shape, strides, pads, dilation, dtype, which, kernel=Non
       jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv_forms.conv(
           x, w, strides, pads, rhs_dilation=dilation, dimension_numbers=_NHWC)), argnums=(0, 1)))(x, w))
       assert jaxpr.count("uda_conv_weight_grad") == kernel
-      assert jaxpr.count("uda_conv_forward") == kernel * (1 + (x_shape[3] % 16 == 0))
+      assert jaxpr.count("uda_conv_forward") == kernel * (1 + (x_shape[3] * strides[0] ** 2 % 16 == 0))
     tol = 1e-12 if dtype == jnp.float64 else 3e-6
-    assert float(l_ours) == pytest.approx(float(l_ref), rel=tol)
+    # relative to the sum of the loss terms' sizes: it sums up to 65536 of them with cancellation
+    assert abs(float(l_ours) - float(l_ref)) <= tol * float(jnp.sum(jnp.abs(probe)))
     for ours, ref in zip(g_ours, g_ref):
       assert ours.dtype == dtype and float(np.abs(ref).max()) > 0
       np.testing.assert_allclose(ours, ref, rtol=0, atol=tol * float(np.abs(ref).max()))
@@ -68,9 +70,25 @@ def test_narrow_conv_equals_xla(x_shape, w_shape, pads, dilation, dtype):
     ((1, 12, 13, 4), (4, 4, 4, 6), 3, ((2, 0), (1, 2))),  # stride 3, asymmetric padding
     ((2, 10, 9, 3), (2, 5, 3, 4), 2, ((0, 1), (2, 2))),  # kernel not square
 ])
-def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(x_shape, w_shape, stride, pads, dtype):
+def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(monkeypatch, x_shape, w_shape, stride,
+                                                                         pads, dtype):
+  monkeypatch.setenv("UDA_JAX_CONV_KERNEL", "0")  # the form without the C++ kernels (as on an accelerator)
   (dx, dw), (dx_ref, dw_ref) = _compare(x_shape, w_shape, (stride, stride), pads, (1, 1), dtype, "strided")
   np.testing.assert_array_equal(dw, dw_ref)  # XLA's own weight gradient; only the input gradient is rewritten
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, pads", [
+    ((1, 64, 128, 19), (4, 4, 19, 32), 2, ((1, 1), (1, 1))),  # the discriminators' first conv (dx XLA's: 76)
+    ((1, 16, 32, 16), (4, 4, 16, 32), 2, ((1, 1), (1, 1))),  # the next ones (dx the kernel's: 64 channels)
+    ((2, 17, 23, 3), (7, 7, 3, 64), 2, ((3, 3), (3, 3))),  # ResNet stem, odd sizes
+    ((1, 16, 10, 5), (3, 3, 5, 16), 2, ((0, 0), (0, 0))),  # the last row and column no window reaches
+    ((1, 9, 8, 4), (1, 1, 4, 16), 2, ((0, 0), (0, 0))),  # kernel smaller than the stride (dx 16 channels)
+    ((1, 11, 12, 3), (3, 3, 3, 48), 2, ((4, 3), (3, 5))),  # padding beyond the kernel
+    ((1, 12, 13, 4), (4, 4, 4, 16), 3, ((2, 0), (1, 2))),  # stride 3, asymmetric padding
+    ((2, 10, 9, 8), (2, 5, 8, 80), 2, ((0, 1), (2, 2))),  # kernel not square, C_out 64 + 16
+])
+def test_strided_conv_kernels_equal_xla(x_shape, w_shape, stride, pads):
+  _compare(x_shape, w_shape, (stride, stride), pads, (1, 1), jnp.float32, "strided", kernel=True)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
@@ -135,8 +153,9 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
                                                                  "bias": (c_out,)}}}
   loss = lambda p, x: jnp.sum(jnp.sin(conv.apply(p, x)))
   grads = lambda: jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
-  # XLA's form: every conv op a convolution (forward, input and weight gradient); 'narrow' has none at all,
-  # 'strided' three (the input gradient a sub-pixel conv), 'kernel' none (the C++ kernels' custom calls)
+  # XLA's form: every conv op a convolution (forward, input and weight gradient); ours none: 'narrow' matmuls,
+  # 'strided' and 'kernel' the C++ kernels' custom calls (the strided input gradient a sub-pixel conv of 96 x 4
+  # channels, itself the kernels')
   hlo = lambda: jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).as_text()
   for name in ENVS:
     monkeypatch.delenv(name, raising=False)
@@ -145,19 +164,20 @@ def test_layer_uses_the_form_on_cpu_with_the_same_parameters(monkeypatch, kernel
   monkeypatch.setenv(env, "0")
   ref, ref_hlo = grads(), hlo()
   assert ref_hlo.count("convolution(") == 3 and "uda_conv_weight_grad" not in ref_hlo
-  assert ours_hlo.count("convolution(") == {ENVS[0]: 0, ENVS[1]: 3, ENVS[2]: 0}[env]
-  assert ("uda_conv_weight_grad" in ours_hlo) == (env == ENVS[2])
+  assert ours_hlo.count("convolution(") == 0 and ("uda_conv_weight_grad" in ours_hlo) == (env != ENVS[0])
   if stride > 1:  # the input gradient is a stride-1 conv of the output gradient: no input dilation
     assert "lhs_dilate = [2, 2]" in ref_hlo and "lhs_dilate = [2, 2]" not in ours_hlo
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max())),
                ours, ref)
 
 
-@pytest.mark.parametrize("w_shape, stride", [((4, 4, 8, 6), 2), ((3, 3, 8, 16), 1), ((3, 3, 16, 32), 1)])
+@pytest.mark.parametrize("w_shape, stride", [((4, 4, 8, 6), 2), ((4, 4, 8, 16), 2), ((3, 3, 8, 16), 1),
+                                             ((3, 3, 16, 32), 1)])
 def test_kernel_gradient_is_summed_over_devices_under_shard_map(w_shape, stride):
   mesh = parallel.make_mesh()
   keys = jax.random.split(jax.random.key(3), 2)
-  x = jax.random.normal(keys[0], (mesh.size * 2, 10, 12, w_shape[2]))  # 'strided', 'kernel' with dx XLA's / ours
+  # 'strided' without and with the kernels, 'kernel' with dx XLA's / ours
+  x = jax.random.normal(keys[0], (mesh.size * 2, 10, 12, w_shape[2]))
   w = jax.random.normal(keys[1], w_shape) / 12
   pads = ((1, 1), (1, 1))
 

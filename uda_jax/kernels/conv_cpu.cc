@@ -1,7 +1,7 @@
-// Stride-1 (dilated) NHWC convolutions on XLA:CPU as XLA FFI handlers (issue 13): the forward (also the input
-// gradient, on dy with the flipped, transposed kernel) and the weight gradient
+// Strided and dilated NHWC convolutions on XLA:CPU as XLA FFI handlers (issue 13): the forward (for stride 1 also
+// the input gradient, on dy with the flipped, transposed kernel) and the weight gradient
 //
-//   dw[i, j, ci, co] = sum over n, oh, ow of x[n, oh + i dh - pt, ow + j dw - pl, ci] dy[n, oh, ow, co]
+//   dw[i, j, ci, co] = sum over n, oh, ow of x[n, oh sh + i dh - pt, ow sw + j dw - pl, ci] dy[n, oh, ow, co]
 //
 // (x zero outside the image). XLA:CPU runs the weight gradient as a convolution over the whole image with one
 // input feature, 40-140 GFLOP/s on the ResNet's 3x3 convs where PyTorch's oneDNN reaches 180-200, and its forward
@@ -79,13 +79,16 @@ TileFn Pick(int mr, int nv) {
   }
 }
 
+// ceil(a / b) for b > 0 and any sign of a: the first output index whose window position reaches a.
+int64_t CeilDiv(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }
+
 }  // namespace
 
 // x (N, H, W, Ci), dy (N, OH, OW, Co) -> dw (KH, KW, Ci, Co); Co a multiple of 16 (conv_kernel.py checks). Tasks
 // are (tap row, 24 input, 64 output channels), each accumulating over bands of output rows.
 static ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
-                                 int64_t dil_h, int64_t dil_w, int64_t pad_top, int64_t pad_left,
-                                 ffi::ResultBuffer<ffi::F32> dw) {
+                                 int64_t str_h, int64_t str_w, int64_t dil_h, int64_t dil_w, int64_t pad_top,
+                                 int64_t pad_left, ffi::ResultBuffer<ffi::F32> dw) {
   const auto xd = x.dimensions(), yd = dy.dimensions(), wd = dw->dimensions();
   const int64_t n = xd[0], h = xd[1], w = xd[2], ci = xd[3], oh = yd[1], ow = yd[2], co = yd[3];
   const int64_t kh = wd[0], kw = wd[1];
@@ -103,23 +106,26 @@ static ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
         std::fill(row + o0, row + o1, 0.f);
       }
     // Output rows whose tap-row-i input row lies inside the image.
-    const int64_t r0 = std::max<int64_t>(0, pad_top - i * dil_h), r1 = std::min(oh, h + pad_top - i * dil_h);
+    const int64_t r0 = std::max<int64_t>(0, CeilDiv(pad_top - i * dil_h, str_h));
+    const int64_t r1 = std::min(oh, CeilDiv(h + pad_top - i * dil_h, str_h));
     if (r0 >= r1) return;
     const int64_t band = std::max<int64_t>(1, kBandPixels / std::max<int64_t>(1, ow));
     for (int64_t b = 0; b < n; ++b)
       for (int64_t rs = r0; rs < r1; rs += band) {
         const int64_t rows = std::min(band, r1 - rs);
         for (int64_t j = 0; j < kw; ++j) {
-          const int64_t q0 = std::max<int64_t>(0, pad_left - j * dil_w), q1 = std::min(ow, w + pad_left - j * dil_w);
+          const int64_t q0 = std::max<int64_t>(0, CeilDiv(pad_left - j * dil_w, str_w));
+          const int64_t q1 = std::min(ow, CeilDiv(w + pad_left - j * dil_w, str_w));
           if (q0 >= q1) continue;
-          const float* a = px + ((b * h + rs + i * dil_h - pad_top) * w + q0 + j * dil_w - pad_left) * ci;
+          const float* a = px + ((b * h + rs * str_h + i * dil_h - pad_top) * w + q0 * str_w + j * dil_w - pad_left) * ci;
           const float* bb = pd + ((b * oh + rs) * ow + q0) * co;
           float* cw = pw + (i * kw + j) * ci * co;
           for (int64_t o = o0; o < o1; o += 16 * kNv) {
             const int nv = static_cast<int>(std::min<int64_t>(kNv, (o1 - o) / 16));
             for (int64_t c = c0; c < c1; c += kMr) {
               const int mr = static_cast<int>(std::min<int64_t>(kMr, c1 - c));
-              Pick(mr, nv)(rows, q1 - q0, a + c, w * ci, ci, 1, bb + o, ow * co, co, cw + c * co + o, co);
+              Pick(mr, nv)(rows, q1 - q0, a + c, str_h * w * ci, str_w * ci, 1, bb + o, ow * co, co, cw + c * co + o,
+                           co);
             }
           }
         }
@@ -129,13 +135,13 @@ static ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
 }
 
 
-// y[n, oh, ow, co] = sum over i, j, ci of x[n, oh + i dh - pt, ow + j dw - pl, ci] w[i, j, ci, co]: the stride-1
-// conv itself (and, on dy with the flipped, transposed kernel, its input gradient). Register tiles of 6 output
+// y[n, oh, ow, co] = sum over i, j, ci of x[n, oh sh + i dh - pt, ow sw + j dw - pl, ci] w[i, j, ci, co]: the conv
+// itself (and, for stride 1, on dy with the flipped, transposed kernel, its input gradient). Register tiles of 6 output
 // pixels x 64 output channels accumulate one tap row (kw taps x C_in) at a time; tasks are (image, output row,
 // 64 output channels).
 static ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> k,
-                              int64_t dil_h, int64_t dil_w, int64_t pad_top, int64_t pad_left,
-                              ffi::ResultBuffer<ffi::F32> y) {
+                              int64_t str_h, int64_t str_w, int64_t dil_h, int64_t dil_w, int64_t pad_top,
+                              int64_t pad_left, ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
   const int64_t n = xd[0], h = xd[1], w = xd[2], ci = xd[3], oh = yd[1], ow = yd[2], co = yd[3];
   const int64_t kh = kd[0], kw = kd[1];
@@ -149,28 +155,29 @@ static ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi
     float* yr = py + (b * oh + r) * ow * co;
     for (int64_t q = 0; q < ow; ++q) std::fill(yr + q * co + o0, yr + q * co + o1, 0.f);
     for (int64_t i = 0; i < kh; ++i) {
-      const int64_t xr = r + i * dil_h - pad_top;
+      const int64_t xr = r * str_h + i * dil_h - pad_top;
       if (xr < 0 || xr >= h) continue;
       const float* xrow = px + (b * h + xr) * w * ci;
       const float* ki = pk + i * kw * ci * co;
       // Output columns where every tap of the row reads inside the image take all kw taps in one tile call.
-      const int64_t full0 = std::max<int64_t>(0, pad_left), full1 = std::min(ow, w + pad_left - (kw - 1) * dil_w);
+      const int64_t full0 = std::max<int64_t>(0, CeilDiv(pad_left, str_w));
+      const int64_t full1 = std::min(ow, CeilDiv(w + pad_left - (kw - 1) * dil_w, str_w));
       for (int64_t o = o0; o < o1; o += 16 * kNv) {
         const int nv = static_cast<int>(std::min<int64_t>(kNv, (o1 - o) / 16));
         auto tap_range = [&](int64_t j, int64_t q0, int64_t q1) {  // tap j alone for columns [q0, q1)
-          q0 = std::max(q0, pad_left - j * dil_w);
-          q1 = std::min(q1, w + pad_left - j * dil_w);
+          q0 = std::max(q0, CeilDiv(pad_left - j * dil_w, str_w));
+          q1 = std::min(q1, CeilDiv(w + pad_left - j * dil_w, str_w));
           for (int64_t q = q0; q < q1; q += kMr) {
             const int mr = static_cast<int>(std::min<int64_t>(kMr, q1 - q));
-            Pick(mr, nv)(1, ci, xrow + (q + j * dil_w - pad_left) * ci, 0, 1, ci, ki + j * ci * co + o, 0, co,
-                         yr + q * co + o, co);
+            Pick(mr, nv)(1, ci, xrow + (q * str_w + j * dil_w - pad_left) * ci, 0, 1, str_w * ci,
+                         ki + j * ci * co + o, 0, co, yr + q * co + o, co);
           }
         };
         if (full0 < full1) {
           for (int64_t q = full0; q < full1; q += kMr) {
             const int mr = static_cast<int>(std::min<int64_t>(kMr, full1 - q));
-            Pick(mr, nv)(kw, ci, xrow + (q - pad_left) * ci, dil_w * ci, 1, ci, ki + o, ci * co, co, yr + q * co + o,
-                         co);
+            Pick(mr, nv)(kw, ci, xrow + (q * str_w - pad_left) * ci, dil_w * ci, 1, str_w * ci, ki + o, ci * co, co,
+                         yr + q * co + o, co);
           }
           for (int64_t j = 0; j < kw; ++j) {
             tap_range(j, 0, full0);
@@ -190,6 +197,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaConvWeightGrad, ConvWeightGrad,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x (N, H, W, Ci)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dy (N, OH, OW, Co)
+                                  .Attr<int64_t>("str_h")
+                                  .Attr<int64_t>("str_w")
                                   .Attr<int64_t>("dil_h")
                                   .Attr<int64_t>("dil_w")
                                   .Attr<int64_t>("pad_top")
@@ -201,6 +210,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaConvForward, ConvForward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()  // x (N, H, W, Ci)
                                   .Arg<ffi::Buffer<ffi::F32>>()  // w (KH, KW, Ci, Co)
+                                  .Attr<int64_t>("str_h")
+                                  .Attr<int64_t>("str_w")
                                   .Attr<int64_t>("dil_h")
                                   .Attr<int64_t>("dil_w")
                                   .Attr<int64_t>("pad_top")

@@ -1,4 +1,4 @@
-"""Stride-1 convolutions on XLA:CPU as C++ kernels: forward, input and weight gradient (issue 13).
+"""Convolutions on XLA:CPU as C++ kernels: forward, input (stride 1) and weight gradient (issue 13).
 
 XLA:CPU (jaxlib 0.10.2) emits a convolution's weight gradient as a convolution over the whole image with one input
 feature: on the ResNet's 3x3 convs 40-140 GFLOP/s, where PyTorch's oneDNN reaches 180-200; its forward and input
@@ -7,7 +7,9 @@ over the pixels with AVX-512-sized register tiles (190-220 GFLOP/s for the weigh
 2-core machine). The input gradient is the forward kernel on dy with the flipped, transposed kernel.
 
 `conv_forms.conv` uses them (form 'kernel') for float32 stride-1 convs whose output channels are a multiple of 16,
-on a CPU backend; the input gradient goes through the kernel too where the input channels are (else XLA's).
+on a CPU backend; the input gradient goes through the kernel too where the input channels are (else XLA's). For
+strided convs (form 'strided') they compute the forward and the weight gradient; the input gradient is then a
+sub-pixel transposed conv, itself a stride-1 conv.
 UDA_JAX_CONV_KERNEL=0 turns them off; =1 makes a failed build an error instead of a warning and a fallback.
 Results differ from XLA's by float32 rounding of another summation order (tests/test_conv_forms.py); each output
 element is summed by one thread in a fixed order, so they do not depend on the thread count.
@@ -43,30 +45,31 @@ def supports(dtype, channels: int) -> bool:
   return jnp.dtype(dtype) == jnp.float32 and channels % 16 == 0
 
 
-def _call(name, out_shape, a, b, dilation, padding_lo):
+def _call(name, out_shape, a, b, stride, dilation, padding_lo):
   why_not = _load()
   if why_not is not None:
     raise build.BuildError(why_not)
-  (dh, dw), (ph, pw) = dilation, padding_lo
+  (sh, sw), (dh, dw), (ph, pw) = stride, dilation, padding_lo
   out = jax.ffi.ffi_call(name, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
-      a, b, dil_h=np.int64(dh), dil_w=np.int64(dw), pad_top=np.int64(ph), pad_left=np.int64(pw))
+      a, b, str_h=np.int64(sh), str_w=np.int64(sw), dil_h=np.int64(dh), dil_w=np.int64(dw), pad_top=np.int64(ph),
+      pad_left=np.int64(pw))
   return parallel.vary_like(a, out)[0]
 
 
-def forward(x, w, dilation, padding_lo, out_size):
-  """The stride-1 NHWC conv of x (N, H, W, C_in) with the HWIO kernel w, rhs dilation `dilation`, low padding
-  `padding_lo` and output (H', W') `out_size` (the high padding implied)."""
-  return _call(_FORWARD, (x.shape[0], *out_size, w.shape[3]), x, w, dilation, padding_lo)
+def forward(x, w, dilation, padding_lo, out_size, stride=(1, 1)):
+  """The NHWC conv of x (N, H, W, C_in) with the HWIO kernel w, window stride `stride`, rhs dilation `dilation`,
+  low padding `padding_lo` and output (H', W') `out_size` (the high padding implied)."""
+  return _call(_FORWARD, (x.shape[0], *out_size, w.shape[3]), x, w, stride, dilation, padding_lo)
 
 
 def input_grad(dy, w, dilation, padding_lo, in_size):
-  """dx of that conv: the forward on dy with the kernel flipped and its channels swapped, low padding
+  """dx of a stride-1 conv: the forward on dy with the kernel flipped and its channels swapped, low padding
   (k - 1) d - p."""
   kh, kw = w.shape[:2]
   pad = ((kh - 1) * dilation[0] - padding_lo[0], (kw - 1) * dilation[1] - padding_lo[1])
   return forward(dy, w[::-1, ::-1].transpose(0, 1, 3, 2), dilation, pad, in_size)
 
 
-def weight_grad(x, dy, kernel_size, dilation, padding_lo):
+def weight_grad(x, dy, kernel_size, dilation, padding_lo, stride=(1, 1)):
   """dw (KH, KW, C_in, C_out) of that conv from x (N, H, W, C_in) and dy (N, H', W', C_out)."""
-  return _call(_WEIGHT_GRAD, (*kernel_size, x.shape[-1], dy.shape[-1]), x, dy, dilation, padding_lo)
+  return _call(_WEIGHT_GRAD, (*kernel_size, x.shape[-1], dy.shape[-1]), x, dy, stride, dilation, padding_lo)

@@ -14,10 +14,10 @@ each on the shifted copies of dy (pixels x k*k*C_out): dX = dZ W^T, dW = X^T dZ.
 
 Strided convs (`strided_conv`): the input gradient of a stride-s conv is a conv over the s-dilated output
 gradient, which XLA:CPU runs through a slow generic path (the discriminators' 4x4 stride-2 convs: up to 250 ms
-against PyTorch's 12). The forward and weight gradient stay XLA's; the input gradient, the transposed conv of the
-output gradient, is taken in sub-pixel form (`conv_transpose_subpixel`: each of the s x s phases of the input
-a stride-1 conv of the undilated output gradient), which XLA:CPU runs like any other conv. (The whole conv in
-space-to-depth form, the forward's counterpart, measured slower: its weight gradient is.)
+against PyTorch's 12). It is taken in sub-pixel form (`conv_transpose_subpixel`: each of the s x s phases of the
+input a stride-1 conv of the undilated output gradient), which runs like any other stride-1 conv. The forward and
+weight gradient are the C++ kernels' where 'kernel' applies too (float32, output channels a multiple of 16), else
+XLA's. (The whole conv in space-to-depth form, the forward's counterpart, measured slower: its weight gradient is.)
 
 Other stride-1 convs (`kernel_conv`, float32, output channels a multiple of 16): the C++ kernels of
 uda_jax/kernels/conv_kernel.py for the forward, the weight gradient (which XLA:CPU runs at a third to a half of
@@ -68,7 +68,9 @@ def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None
     return shifted_matmul_conv(lhs, rhs, padding, tuple(rhs_dilation or (1, 1)), precision)
   if which == "strided" and which in forms:
     rhs, = parallel.vary_like(lhs, rhs)  # an unmapped kernel's gradient is then summed over devices
-    return strided_conv(lhs, rhs, window_strides[0], tuple(tuple(int(v) for v in p) for p in padding), precision)
+    kernel = "kernel" in forms and _kernel_applies(lhs, rhs, padding, None, window_strides[0])
+    return strided_conv(lhs, rhs, window_strides[0], tuple(tuple(int(v) for v in p) for p in padding), precision,
+                        kernel)
   if which == "kernel" and which in forms and _kernel_applies(lhs, rhs, padding, rhs_dilation):
     rhs, = parallel.vary_like(lhs, rhs)
     dilation = tuple(int(d) for d in (rhs_dilation or (1, 1)))
@@ -102,35 +104,45 @@ def _xla_conv(x, w, s, padding, precision):
   return jax.lax.conv_general_dilated(x, w, (s, s), padding, dimension_numbers=_NHWC, precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def strided_conv(x, w, s, padding, precision=None):
-  """A stride-s NHWC conv: XLA's forward and weight gradient, the input gradient by `conv_transpose_subpixel`."""
-  return _xla_conv(x, w, s, padding, precision)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def strided_conv(x, w, s, padding, precision=None, kernel=False):
+  """A stride-s NHWC conv: the forward and weight gradient the C++ kernels' (`kernel`) or XLA's, the input
+  gradient by `conv_transpose_subpixel` (its stride-1 conv the kernels' where they apply)."""
+  return _strided_forward(x, w, s, padding, precision, kernel)[0]
 
 
-def _strided_forward(x, w, s, padding, precision):
-  return _xla_conv(x, w, s, padding, precision), (x, w)
+def _strided_forward(x, w, s, padding, precision, kernel):
+  if kernel:
+    lows = tuple(lo for lo, _ in padding)
+    y = conv_kernel.forward(x, w, (1, 1), lows, _out_size(x, w, padding, (1, 1), s), (s, s))
+  else:
+    y = _xla_conv(x, w, s, padding, precision)
+  return y, (x, w)
 
 
-def _strided_backward(s, padding, precision, residuals, dy):
+def _strided_backward(s, padding, precision, kernel, residuals, dy):
   x, w = residuals
+  lows = tuple(lo for lo, _ in padding)
   # dx[i] = sum over o s + t = i + lo of dy[o] w[t]: the transposed conv (HWIO kernel with I and O swapped),
   # cropped by the low padding to x's size (zero where no window reached)
-  dx = conv_transpose_subpixel(dy, w.transpose(0, 1, 3, 2), s, tuple(lo for lo, _ in padding), x.shape[1:3],
-                               precision)
-  dw = jax.vjp(lambda w: _xla_conv(x, w, s, padding, precision), w)[1](dy)[0]
+  dx = conv_transpose_subpixel(dy, w.transpose(0, 1, 3, 2), s, lows, x.shape[1:3], precision,
+                               forms=("kernel",) if kernel else ())
+  if kernel:
+    dw = conv_kernel.weight_grad(x, dy, w.shape[:2], (1, 1), lows, (s, s))
+  else:
+    dw = jax.vjp(lambda w: _xla_conv(x, w, s, padding, precision), w)[1](dy)[0]
   return dx, dw
 
 
 strided_conv.defvjp(_strided_forward, _strided_backward)
 
 
-def _kernel_applies(x, w, padding, dilation) -> bool:
-  """Whether the C++ kernels take this stride-1 conv: enabled (a CPU backend), their dtype and channels, matching
+def _kernel_applies(x, w, padding, dilation, stride=1) -> bool:
+  """Whether the C++ kernels take this conv: enabled (a CPU backend), their dtype and channels, matching
   channels and a non-empty output; anything else goes to XLA, whose own checks then name a mistake."""
   dilation = tuple(dilation or (1, 1))
-  return (x.dtype == w.dtype and x.shape[3] == w.shape[2] and all(d >= 1 for d in dilation)
-          and all(n > 0 for n in _out_size(x, w, padding, dilation))
+  return (x.dtype == w.dtype and x.shape[3] == w.shape[2] and all(d >= 1 for d in dilation) and stride >= 1
+          and all(n > 0 for n in _out_size(x, w, padding, dilation, stride))
           and conv_kernel.supports(x.dtype, w.shape[3]) and conv_kernel.enabled())
 
 
@@ -146,8 +158,9 @@ def kernel_conv(x, w, padding, dilation, precision=None):
   return _kernel_forward(x, w, padding, dilation, precision)[0]
 
 
-def _out_size(x, w, padding, dilation):
-  return tuple(n + lo + hi - (k - 1) * d for n, (lo, hi), k, d in zip(x.shape[1:3], padding, w.shape[:2], dilation))
+def _out_size(x, w, padding, dilation, stride=1):
+  return tuple((n + lo + hi - (k - 1) * d - 1) // stride + 1
+               for n, (lo, hi), k, d in zip(x.shape[1:3], padding, w.shape[:2], dilation))
 
 
 def _kernel_forward(x, w, padding, dilation, precision):
@@ -168,7 +181,7 @@ def _kernel_backward(padding, dilation, precision, residuals, dy):
 kernel_conv.defvjp(_kernel_forward, _kernel_backward)
 
 
-def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None):
+def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None, forms=()):
   """torch conv_transpose2d(x, w, stride s, padding p) for an HWIO kernel w (torch's (in, out, kh, kw) weight
   transposed (2, 3, 0, 1)) without multiplying inserted zeros. p: an int or (p_h, p_w), the rows cropped from
   the start of the full output (n - 1) s + k; size: the output's (H, W), default torch's (n - 1) s - 2 p + k
@@ -178,7 +191,7 @@ def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None):
   phases is a stride-1 conv of the undilated input with a ceil(k / s)-tap sub-kernel. One conv computes all
   phases (stacked on the output channels), a depth-to-space interleaves them and a slice applies the padding:
   s^2 fewer FLOPs than the dilated form, and a weight gradient XLA:CPU runs like any conv's (the dilated form's
-  took 0.5-10 s per layer of LSD-seg's generator at 320x640)."""
+  took 0.5-10 s per layer of LSD-seg's generator at 320x640). `forms`: those of `conv` for that stride-1 conv."""
   kh, kw, c_in, c_out = w.shape
   mh, mw = -(-kh // s), -(-kw // s)
   pad_h, pad_w = (p, p) if np.ndim(p) == 0 else p
@@ -194,8 +207,7 @@ def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None):
     crop.append(slice(max(-lo, 0), n - max(-hi, 0)))
     pads.append((max(lo, 0), max(hi, 0)))
     window.append(slice(pad - q0 * s, pad - q0 * s + out))
-  y = jax.lax.conv_general_dilated(x[:, crop[0], crop[1]], w, (1, 1), pads, dimension_numbers=_NHWC,
-                                   precision=precision)
+  y = conv(x[:, crop[0], crop[1]], w, (1, 1), pads, dimension_numbers=_NHWC, precision=precision, forms=forms)
   b, qh, qw, _ = y.shape
   y = y.reshape(b, qh, qw, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(b, qh * s, qw * s, c_out)
   return y[:, window[0], window[1]]

@@ -49,7 +49,8 @@ def cpu_conv_forms() -> tuple[str, ...]:
   convolutions of those shapes ran several times slower than PyTorch's; accelerators keep XLA's convolution.
   UDA_JAX_NARROW_CONV_MATMUL and UDA_JAX_STRIDED_CONV_S2D =1 / 0 force either (S2D: the strided form's first
   version went through the space-to-depth conv; the name stays so that recorded commands still work); and
-  'kernel' (other stride-1 float32 convs as C++ kernels, `uda_jax.kernels.conv_kernel`, UDA_JAX_CONV_KERNEL)."""
+  'kernel' (other stride-1 float32 convs as C++ kernels, `uda_jax.kernels.conv_kernel`, UDA_JAX_CONV_KERNEL; with
+  'strided', strided convs' forward and weight gradient too)."""
   forms = tuple(f for f, env in (("narrow", "UDA_JAX_NARROW_CONV_MATMUL"), ("strided", "UDA_JAX_STRIDED_CONV_S2D"))
                 if _cpu_rewrite(env))
   return forms + ("kernel",) if conv_kernel.enabled() else forms
