@@ -19,10 +19,12 @@ from step_utils import init, random_batch
 needs_compiler = pytest.mark.skipif(build.compiler() is None, reason="no C++ compiler to build the kernel")
 
 
-def _xla_batch_norm(x, scale, bias, eps):
+def _xla_batch_norm(x, scale, bias, eps, residual=None, relu=False):
   mean = x.mean(tuple(range(x.ndim - 1)))
   var = jnp.square(x - mean).mean(tuple(range(x.ndim - 1)))
-  return (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias, mean, var
+  y = (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
+  y = y if residual is None else y + residual
+  return jax.nn.relu(y) if relu else y, mean, var
 
 
 def _close(a, b):  # float32 sums in a different order: relative to the largest entry
@@ -30,30 +32,35 @@ def _close(a, b):  # float32 sums in a different order: relative to the largest 
 
 
 @needs_compiler
+@pytest.mark.parametrize("residual, relu", [(False, False), (False, True), (True, True), (True, False)])
 @pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 17, 33, 64), (1, 9, 13, 300)])
-def test_kernel_equals_xla_batch_norm_in_values_and_gradients(monkeypatch, shape):
+def test_kernel_equals_xla_batch_norm_in_values_and_gradients(monkeypatch, shape, residual, relu):
+  """Also with the residual add and the ReLU the kernel fuses (the ResNet's relu(bn(x) + residual))."""
   monkeypatch.delenv(bn_kernel.ENV, raising=False)
   assert bn_kernel.enabled()  # on by default on a CPU
-  k = jax.random.split(jax.random.key(0), 6)
+  k = jax.random.split(jax.random.key(0), 7)
   c = shape[-1]
   x = jax.random.normal(k[0], shape) * 3 + 1.5  # an offset mean: the variance must be centred
   scale, bias = jax.random.uniform(k[1], (c,)) + 0.5, jax.random.normal(k[2], (c,))
   w, wm, wv = jax.random.normal(k[3], shape), jax.random.normal(k[4], (c,)), jax.random.normal(k[5], (c,))
+  r = jax.random.normal(k[6], shape) if residual else None
+  f_ours = lambda x, s, b, r: bn_kernel.batch_norm_train(x, s, b, 1e-5, r, relu)
+  f_ref = lambda x, s, b, r: _xla_batch_norm(x, s, b, 1e-5, r, relu)
 
   def loss(f):  # cotangents reach y through a ReLU and the returned mean and variance directly
-    def l(x, s, b):
-      y, m, v = f(x, s, b, 1e-5)
+    def l(x, s, b, r):
+      y, m, v = f(x, s, b, r)
       return jnp.sum(jax.nn.relu(y) * w) + jnp.sum(m * wm) + jnp.sum(v * wv)
-    return jax.jit(jax.value_and_grad(l, argnums=(0, 1, 2)))
+    return jax.jit(jax.value_and_grad(l, argnums=(0, 1, 2, 3) if residual else (0, 1, 2)))
 
-  ours, ref = jax.jit(bn_kernel.batch_norm_train, static_argnums=3), jax.jit(_xla_batch_norm, static_argnums=3)
-  jax.tree.map(_close, ours(x, scale, bias, 1e-5), ref(x, scale, bias, 1e-5))
-  (l_ours, g_ours), (l_ref, g_ref) = loss(bn_kernel.batch_norm_train)(x, scale, bias), loss(_xla_batch_norm)(
-      x, scale, bias)
+  jax.tree.map(_close, jax.jit(f_ours)(x, scale, bias, r), jax.jit(f_ref)(x, scale, bias, r))
+  (l_ours, g_ours), (l_ref, g_ref) = loss(f_ours)(x, scale, bias, r), loss(f_ref)(x, scale, bias, r)
   assert float(l_ours) == pytest.approx(float(l_ref), rel=1e-5)
   jax.tree.map(_close, g_ours, g_ref)
-  assert "uda_batch_norm_backward" in jax.jit(jax.grad(lambda x: bn_kernel.batch_norm_train(
-      x, scale, bias, 1e-5)[0].sum())).lower(x).as_text()
+  if relu:  # the clipped entries' gradient is exactly 0, in x's and the residual's
+    assert float(jnp.mean(f_ref(x, scale, bias, r)[0] == 0)) > 0.2
+  hlo = jax.jit(jax.grad(lambda x: f_ours(x, scale, bias, r)[0].sum())).lower(x).as_text()
+  assert "uda_batch_norm_backward" in hlo and "maximum" not in hlo  # the ReLU and its mask in the kernels
 
 
 @needs_compiler
@@ -85,18 +92,25 @@ def test_kernel_is_no_less_accurate_than_xla_on_near_constant_channels():
 
 
 @needs_compiler
+@pytest.mark.parametrize("fuse", [{}, {"relu": True}, {"relu": True, "residual": True}])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtype):
-  x = (jax.random.normal(jax.random.key(1), (2, 6, 10, 16)) * 2 - 1).astype(dtype)
+def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtype, fuse):
+  """Also relu(bn(x) + residual), which the kernel fuses in float32 (under bfloat16 the add stays outside, in
+  bfloat16 as in XLA's layer)."""
+  keys = jax.random.split(jax.random.key(1), 2)
+  x = (jax.random.normal(keys[0], (2, 6, 10, 16)) * 2 - 1).astype(dtype)
+  residual = jax.random.normal(keys[1], x.shape).astype(dtype) if fuse.get("residual") else None
   bn = layers.BatchNorm()
   variables = bn.init(jax.random.key(0), x, train=True)
 
   def run():
-    def f(params, x):
-      y, new = bn.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    def f(params, x, residual):
+      y, new = bn.apply({**variables, "params": params}, x, train=True, residual=residual,
+                        relu=fuse.get("relu", False), mutable=["batch_stats"])
       return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, new)
-    jaxpr = str(jax.make_jaxpr(f)(variables["params"], x))
-    (_, (y, new)), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(variables["params"], x)
+    jaxpr = str(jax.make_jaxpr(f)(variables["params"], x, residual))
+    (_, (y, new)), grads = jax.value_and_grad(f, argnums=(0, 1, 2) if residual is not None else (0, 1),
+                                              has_aux=True)(variables["params"], x, residual)
     return ("uda_batch_norm_forward" in jaxpr), (y.astype(jnp.float32), new, jax.tree.map(
         lambda g: g.astype(jnp.float32), grads))
 
@@ -106,9 +120,11 @@ def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtyp
   unused, ref = run()
   assert used and not unused
   if dtype == jnp.bfloat16:  # both normalise in float32; y rounds to bfloat16 once, so may differ by one ulp
-    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(ours[0], ref[0], rtol=1e-2, atol=2e-2)
     return
   jax.tree.map(_close, ours, ref)
+  if fuse:
+    assert float(jnp.mean(ours[0] == 0)) > 0.2  # the ReLU clipped
 
 
 @needs_compiler

@@ -41,37 +41,45 @@ def enabled() -> bool:
   return build.use_kernel(ENV, "the CPU BatchNorm kernel", "XLA's slower BatchNorm", _load)
 
 
-def _call(name, like, args, eps):
-  c = like.shape[-1]
-  vec = jax.ShapeDtypeStruct((c,), jnp.float32)
-  outs = jax.ffi.ffi_call(name, (jax.ShapeDtypeStruct(like.shape, jnp.float32), vec, vec))(*args, eps=np.float32(eps))
+def _call(name, like, args, out_shapes, **attrs):
+  outs = jax.ffi.ffi_call(name, tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in out_shapes))(*args, **attrs)
   return parallel.vary_like(like, *outs)
 
 
-def batch_norm_train(x, scale, bias, eps: float):
+def _none():
+  return jnp.zeros((0,), jnp.float32)  # an absent optional operand of the kernels
+
+
+def batch_norm_train(x, scale, bias, eps: float, residual=None, relu: bool = False):
   """(y, mean, biased var) of a float32 (..., C) x over all but its last axis; y = (x - mean) scale
-  / sqrt(var + eps) + bias. Differentiable in x, scale, bias, also through mean and var."""
+  / sqrt(var + eps) + bias, plus `residual` (float32, like x) if given, then max(y, 0) if `relu`. Differentiable
+  in x, scale, bias and residual, also through mean and var."""
   why_not = _load()
   if why_not is not None:
     raise build.BuildError(why_not)
-  scale, bias = parallel.vary_like(x, scale, bias)
-  return _batch_norm(x, scale, bias, eps)
+  scale, bias, residual = parallel.vary_like(x, scale, bias, _none() if residual is None else residual)
+  return _batch_norm(x, scale, bias, residual, eps, bool(relu))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _batch_norm(x, scale, bias, eps):
-  return _forward(x, scale, bias, eps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _batch_norm(x, scale, bias, residual, eps, relu):
+  return _forward(x, scale, bias, residual, eps, relu)[0]
 
 
-def _forward(x, scale, bias, eps):
-  y, mean, var = _call(_FORWARD, x, (x, scale, bias), eps)
-  return (y, mean, var), (x, mean, var, scale)
+def _forward(x, scale, bias, residual, eps, relu):
+  c = (x.shape[-1],)
+  y, mean, var = _call(_FORWARD, x, (x, scale, bias, residual), (x.shape, c, c), eps=np.float32(eps),
+                       relu=np.int64(relu))
+  # the ReLU's mask is y > 0; an empty residual (none given) has an empty gradient
+  return (y, mean, var), (x, mean, var, scale, y if relu else parallel.vary_like(x, _none())[0], residual)
 
 
-def _backward(eps, residuals, cotangents):
-  x, mean, var, scale = residuals
+def _backward(eps, relu, residuals, cotangents):
+  x, mean, var, scale, y, residual = residuals
   dy, dmean, dvar = cotangents
-  return tuple(_call(_BACKWARD, x, (dy, x, mean, var, scale, dmean, dvar), eps))
+  c = (x.shape[-1],)
+  return tuple(_call(_BACKWARD, x, (dy, x, mean, var, scale, dmean, dvar, y), (x.shape, c, c, residual.shape),
+                     eps=np.float32(eps)))
 
 
 _batch_norm.defvjp(_forward, _backward)

@@ -46,9 +46,11 @@ void ChannelSums(ffi::ThreadPool& pool, const Rows& rows, const Term& term, int 
 }  // namespace
 
 // y = (x - mean) * scale / sqrt(var + eps) + bias with the batch's mean and biased variance (two passes for the
-// statistics, as XLA's path computes them, then one for y).
-static ffi::Error BatchNormForward(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, float eps, F32Out y,
-                                   F32Out mean, F32Out var) {
+// statistics, as XLA's path computes them, then one for y), plus `residual` where it is not empty and then
+// max(y, 0) where `relu`: the ResNet's BatchNorm-ReLU and residual-add-ReLU in the same pass (separate passes
+// cost the AdaptSegNet step ~1 s, docs/performance.md).
+static ffi::Error BatchNormForward(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, F32 residual, float eps,
+                                   int64_t relu, F32Out y, F32Out mean, F32Out var) {
   const Rows rows(x.element_count(), x.dimensions().back());
   const int64_t c = rows.c;
   const float* px = x.typed_data();
@@ -74,52 +76,98 @@ static ffi::Error BatchNormForward(ffi::ThreadPool pool, F32 x, F32 scale, F32 b
     b[k] = bias.typed_data()[k] - pm[k] * a[k];
   }
   float* py = y->typed_data();
+  const float* pr = residual.element_count() > 0 ? residual.typed_data() : nullptr;
   ParallelFor(pool, rows.blocks, [&](int64_t blk) {
     for (int64_t r = rows.begin(blk); r < rows.end(blk); ++r) {
       const float* xr = px + r * c;
       float* yr = py + r * c;
-      for (int64_t k = 0; k < c; ++k) yr[k] = xr[k] * a[k] + b[k];
+      if (pr != nullptr) {
+        const float* rr = pr + r * c;
+        if (relu) {
+          for (int64_t k = 0; k < c; ++k) yr[k] = std::max(xr[k] * a[k] + b[k] + rr[k], 0.f);
+        } else {
+          for (int64_t k = 0; k < c; ++k) yr[k] = xr[k] * a[k] + b[k] + rr[k];
+        }
+      } else if (relu) {
+        for (int64_t k = 0; k < c; ++k) yr[k] = std::max(xr[k] * a[k] + b[k], 0.f);
+      } else {
+        for (int64_t k = 0; k < c; ++k) yr[k] = xr[k] * a[k] + b[k];
+      }
     }
   });
   return ffi::Error::Success();
 }
 
-// Gradient of BatchNormForward from dy and the cotangents of its mean and var outputs: one pass for the sums of
-// dy and dy * (x - mean), one for dx.
-static ffi::Error BatchNormBackward(ffi::ThreadPool pool, F32 dy, F32 x, F32 mean, F32 var, F32 scale, F32 dmean,
-                                    F32 dvar, float eps, F32Out dx, F32Out dscale, F32Out dbias) {
-  const Rows rows(x.element_count(), x.dimensions().back());
+namespace {
+
+// The backward pass below with g = dy (kMask false) or g = dy where y > 0, else 0 (kMask true): a template so
+// that each inner loop is branch-free and vectorised.
+template <bool kMask>
+void Backward(ffi::ThreadPool& pool, const Rows& rows, const float* pd, const float* px, const float* py,
+              const float* pm, const float* pv, const float* ps, const float* pdm, const float* pdv, float eps,
+              float* po, float* pdscale, float* pdbias, float* pres) {
   const int64_t c = rows.c;
-  const float *px = x.typed_data(), *pd = dy.typed_data(), *pm = mean.typed_data();
-  std::vector<double> sums(2 * c);  // sum dy, then sum dy * (x - mean)
-  ChannelSums(pool, rows, [&](int64_t r, float* acc) {
-    const float *xr = px + r * c, *dr = pd + r * c;
+  // g of row r, k; dy loaded either way so that the select compiles to a blend, not a branch
+  auto g = [](const float* __restrict__ dr, const float* __restrict__ yr, int64_t k) {
+    const float d = dr[k];
+    return kMask ? (yr[k] > 0.f ? d : 0.f) : d;
+  };
+  std::vector<double> sums(2 * c);  // sum g, then sum g * (x - mean)
+  ChannelSums(pool, rows, [&](int64_t r, float* __restrict__ acc) {
+    const float *__restrict__ xr = px + r * c, *__restrict__ dr = pd + r * c;
+    const float* __restrict__ yr = kMask ? py + r * c : nullptr;
     for (int64_t k = 0; k < c; ++k) {
-      acc[k] += dr[k];
-      acc[c + k] += dr[k] * (xr[k] - pm[k]);
+      const float gk = g(dr, yr, k);
+      acc[k] += gk;
+      acc[c + k] += gk * (xr[k] - pm[k]);
     }
   }, 2, sums.data());
   std::vector<float> a(c), cx(c), c0(c);
   const float m = static_cast<float>(rows.m);
   for (int64_t k = 0; k < c; ++k) {
-    const float inv = 1.f / std::sqrt(var.typed_data()[k] + eps);
+    const float inv = 1.f / std::sqrt(pv[k] + eps);
     const float s1 = static_cast<float>(sums[k]), s2 = static_cast<float>(sums[c + k]);
-    a[k] = scale.typed_data()[k] * inv;
-    // dx = a dy + cx x + c0: through the normalisation, the mean and the variance, plus the returned statistics'
+    a[k] = ps[k] * inv;
+    // dx = a g + cx x + c0: through the normalisation, the mean and the variance, plus the returned statistics'
     // own cotangents (d mean / dx = 1 / m, d var / dx = 2 (x - mean) / m).
-    cx[k] = -a[k] * inv * inv * s2 / m + 2.f * dvar.typed_data()[k] / m;
-    c0[k] = -a[k] * s1 / m + dmean.typed_data()[k] / m - cx[k] * pm[k];
-    dscale->typed_data()[k] = s2 * inv;
-    dbias->typed_data()[k] = s1;
+    cx[k] = -a[k] * inv * inv * s2 / m + 2.f * pdv[k] / m;
+    c0[k] = -a[k] * s1 / m + pdm[k] / m - cx[k] * pm[k];
+    pdscale[k] = s2 * inv;
+    pdbias[k] = s1;
   }
-  float* po = dx->typed_data();
+  const float *pa = a.data(), *pcx = cx.data(), *pc0 = c0.data();
   ParallelFor(pool, rows.blocks, [&](int64_t blk) {
     for (int64_t r = rows.begin(blk); r < rows.end(blk); ++r) {
-      const float *xr = px + r * c, *dr = pd + r * c;
-      float* o = po + r * c;
-      for (int64_t k = 0; k < c; ++k) o[k] = a[k] * dr[k] + cx[k] * xr[k] + c0[k];
+      const float *__restrict__ xr = px + r * c, *__restrict__ dr = pd + r * c;
+      const float* __restrict__ yr = kMask ? py + r * c : nullptr;
+      float* __restrict__ o = po + r * c;
+      if (pres != nullptr) {
+        float* __restrict__ rr = pres + r * c;
+        for (int64_t k = 0; k < c; ++k) {
+          const float gk = g(dr, yr, k);
+          o[k] = pa[k] * gk + pcx[k] * xr[k] + pc0[k];
+          rr[k] = gk;
+        }
+      } else {
+        for (int64_t k = 0; k < c; ++k) o[k] = pa[k] * g(dr, yr, k) + pcx[k] * xr[k] + pc0[k];
+      }
     }
   });
+}
+
+}  // namespace
+
+// Gradient of BatchNormForward from dy and the cotangents of its mean and var outputs: one pass for the sums of
+// g and g * (x - mean), one for dx (and the residual's gradient g where `dres` is not empty), where g is dy, or
+// where `y` (the forward's ReLU output) is not empty, dy where y > 0 and 0 elsewhere.
+static ffi::Error BatchNormBackward(ffi::ThreadPool pool, F32 dy, F32 x, F32 mean, F32 var, F32 scale, F32 dmean,
+                                    F32 dvar, F32 y, float eps, F32Out dx, F32Out dscale, F32Out dbias,
+                                    F32Out dres) {
+  const Rows rows(x.element_count(), x.dimensions().back());
+  auto* backward = y.element_count() > 0 ? Backward<true> : Backward<false>;
+  backward(pool, rows, dy.typed_data(), x.typed_data(), y.typed_data(), mean.typed_data(), var.typed_data(),
+           scale.typed_data(), dmean.typed_data(), dvar.typed_data(), eps, dx->typed_data(),
+           dscale->typed_data(), dbias->typed_data(), dres->element_count() > 0 ? dres->typed_data() : nullptr);
   return ffi::Error::Success();
 }
 
@@ -129,7 +177,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaBatchNormForward, BatchNormForward,
                                   .Arg<F32>()  // x (..., C)
                                   .Arg<F32>()  // scale (C,)
                                   .Arg<F32>()  // bias (C,)
+                                  .Arg<F32>()  // residual (like x, or empty)
                                   .Attr<float>("eps")
+                                  .Attr<int64_t>("relu")
                                   .Ret<F32>()  // y
                                   .Ret<F32>()  // mean
                                   .Ret<F32>());  // biased var
@@ -144,7 +194,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaBatchNormBackward, BatchNormBackward,
                                   .Arg<F32>()  // scale
                                   .Arg<F32>()  // d mean
                                   .Arg<F32>()  // d var
+                                  .Arg<F32>()  // y, the forward's ReLU output (or empty: no ReLU)
                                   .Attr<float>("eps")
                                   .Ret<F32>()  // dx
                                   .Ret<F32>()  // d scale
-                                  .Ret<F32>());  // d bias
+                                  .Ret<F32>()  // d bias
+                                  .Ret<F32>());  // d residual (like x, or empty)

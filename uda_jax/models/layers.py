@@ -134,6 +134,8 @@ class BatchNorm(nn.Module):
   `axis_name` pmeans the running-statistics update so replicas stay identical; in 'batch_stats' mode the
   normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU, the
   statistics, normalisation and gradient run as one C++ kernel each way (`uda_jax.kernels.batch_norm`).
+  `residual` (added to the output) and `relu` (applied last) are the ResNet's `relu(bn(x) + residual)` and
+  `relu(bn(x))`, which the kernel computes in its own pass (separate passes cost the CPU step ~1 s).
   """
 
   mode: str = "batch_stats"
@@ -142,7 +144,7 @@ class BatchNorm(nn.Module):
   axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, residual=None, relu: bool = False):
     if self.mode not in ("batch_stats", "frozen", "sync"):
       raise ValueError(f"model.bn_mode must be 'batch_stats', 'frozen' or 'sync', got {self.mode!r}")
     c = x.shape[-1]
@@ -153,7 +155,7 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), dt))
     x32 = x.astype(dt)
     sync = self.mode == "sync" and self.axis_name is not None and not self.is_initializing()
-    y = None
+    y, fused = None, False
     if train and self.mode in ("batch_stats", "sync"):
       n = x.size // c
       if sync:  # global mean and variance from per-device first and second moments
@@ -161,7 +163,11 @@ class BatchNorm(nn.Module):
         var = jnp.maximum(sq - jnp.square(mean), 0.0)
         n *= jax.lax.psum(1, self.axis_name)
       elif dt == jnp.float32 and batch_norm_kernel.enabled():  # XLA:CPU: one C++ pass each way (issue 13)
-        y, mean, var = batch_norm_kernel.batch_norm_train(x32, scale, bias, self.eps)
+        # the residual added in float32 only when that is the compute dtype (as below); the ReLU commutes with
+        # the rounding to bfloat16
+        fused = residual is None or x.dtype == jnp.float32
+        y, mean, var = batch_norm_kernel.batch_norm_train(x32, scale, bias, self.eps,
+                                                          residual if fused else None, relu and fused)
       else:
         mean = x32.mean((0, 1, 2))
         var = jnp.square(x32 - mean).mean((0, 1, 2))
@@ -176,7 +182,12 @@ class BatchNorm(nn.Module):
       mean, var = ra_mean.value, ra_var.value
     if y is None:
       y = (x32 - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
-    return y.astype(x.dtype)
+    y = y.astype(x.dtype)
+    if fused:
+      return y
+    if residual is not None:
+      y = y + residual
+    return nn.relu(y) if relu else y
 
 
 def max_pool(x, kernel: int = 3, stride: int = 2, padding: int = 1, ceil_mode: bool = False):

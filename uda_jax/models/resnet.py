@@ -29,16 +29,15 @@ class Bottleneck(nn.Module):
   def __call__(self, x, train: bool):
     s1, s2 = (self.stride, 1) if self.layout == "caffe" else (1, self.stride)
     out = Conv(self.planes, 1, stride=s1, dtype=self.dtype, name="conv1")(x)
-    out = nn.relu(BatchNorm(**self.bn, name="bn1")(out, train))
+    out = BatchNorm(**self.bn, name="bn1")(out, train, relu=True)
     out = Conv(self.planes, 3, stride=s2, padding=self.dilation, dilation=self.dilation, dtype=self.dtype,
                name="conv2")(out)
-    out = nn.relu(BatchNorm(**self.bn, name="bn2")(out, train))
+    out = BatchNorm(**self.bn, name="bn2")(out, train, relu=True)
     out = Conv(self.planes * 4, 1, dtype=self.dtype, name="conv3")(out)
-    out = BatchNorm(**self.bn, name="bn3")(out, train)
     if self.downsample:
       x = Conv(self.planes * 4, 1, stride=self.stride, dtype=self.dtype, name="downsample_0")(x)
       x = BatchNorm(**self.bn, name="downsample_1")(x, train)
-    return nn.relu(out + x)
+    return BatchNorm(**self.bn, name="bn3")(out, train, residual=x, relu=True)  # relu(bn3(out) + x)
 
 
 class ResNet(nn.Module):
@@ -57,7 +56,7 @@ class ResNet(nn.Module):
       raise ValueError(f"model.layout must be 'caffe' or 'torchvision', got {self.layout!r}")
     bn = dict(self.bn or {})
     x = Conv(self.width, 7, stride=2, padding=3, dtype=self.dtype, name="conv1")(x)
-    x = nn.relu(BatchNorm(**bn, name="bn1")(x, train))
+    x = BatchNorm(**bn, name="bn1")(x, train, relu=True)
     x = max_pool(x, 3, 2, 1, ceil_mode=self.layout == "caffe")
     inplanes = self.width
     outs = []
