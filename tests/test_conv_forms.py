@@ -205,3 +205,27 @@ def test_kernel_form_leaves_mistakes_empty_outputs_and_a_disabled_kernel_to_xla(
   assert "uda_conv_forward" in traced()
   monkeypatch.setenv("UDA_JAX_CONV_KERNEL", "0")
   assert "uda_conv_forward" not in traced()
+
+
+@pytest.mark.parametrize("c_in, c_out, kernel", [(40, 32, True), (1024, 256, True), (24, 8, False)])
+def test_matmul_1x1_weight_gradient_by_the_kernel_equals_xla(c_in, c_out, kernel):
+  """Dense1x1's product on a CPU: the weight gradient x^T dy the C++ kernel's where C_out is a multiple of 16, also
+  under shard_map with an unmapped weight (summed over devices)."""
+  mesh = parallel.make_mesh()
+  keys = jax.random.split(jax.random.key(5), 2)
+  x = jax.random.normal(keys[0], (mesh.size * 2, 7, 9, c_in))
+  w = jax.random.normal(keys[1], (c_in, c_out)) / np.sqrt(c_in)
+
+  def grads(matmul):
+    def per_device(x, w):
+      return jax.lax.psum(jnp.sum(jnp.tanh(matmul(x, w))), parallel.AXIS)
+    loss = jax.shard_map(per_device, mesh=mesh, in_specs=(jax.P(parallel.AXIS), jax.P()), out_specs=jax.P())
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, w)
+
+  (l_ours, g_ours), (l_ref, g_ref) = grads(conv_forms.matmul_1x1), grads(
+      lambda x, w: jnp.einsum("nhwc,cd->nhwd", x, w))
+  assert abs(float(l_ours) - float(l_ref)) <= 1e-6 * x.shape[0] * 63 * c_out
+  for ours, ref in zip(g_ours, g_ref):
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=3e-6 * float(np.abs(ref).max()))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv_forms.matmul_1x1(x, w)), argnums=(0, 1)))(x, w))
+  assert jaxpr.count("uda_conv_weight_grad") == kernel

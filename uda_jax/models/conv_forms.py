@@ -181,6 +181,34 @@ def _kernel_backward(padding, dilation, precision, residuals, dy):
 kernel_conv.defvjp(_kernel_forward, _kernel_backward)
 
 
+def matmul_1x1(x, w):
+  """x (N, H, W, C_in) @ w (C_in, C_out), an unpadded stride-1 1x1 conv as `layers.Dense1x1` runs it on a CPU,
+  with its weight gradient x^T dy the C++ weight-gradient kernel's where that applies (float32, C_out a multiple
+  of 16, enabled): XLA:CPU transposes dy into a copy before its own dot for it."""
+  if not (x.dtype == w.dtype and x.shape[3] == w.shape[0] and x.size > 0 and conv_kernel.supports(x.dtype, w.shape[1])
+          and conv_kernel.enabled()):
+    return jnp.einsum("nhwc,cd->nhwd", x, w)
+  w, = parallel.vary_like(x, w)
+  return _kernel_matmul(x, w)
+
+
+@jax.custom_vjp
+def _kernel_matmul(x, w):
+  return jnp.einsum("nhwc,cd->nhwd", x, w)
+
+
+def _kernel_matmul_forward(x, w):
+  return _kernel_matmul(x, w), (x, w)
+
+
+def _kernel_matmul_backward(residuals, dy):
+  x, w = residuals
+  return jnp.einsum("nhwd,cd->nhwc", dy, w), conv_kernel.weight_grad(x, dy, (1, 1), (1, 1), (0, 0))[0, 0]
+
+
+_kernel_matmul.defvjp(_kernel_matmul_forward, _kernel_matmul_backward)
+
+
 def conv_transpose_subpixel(x, w, s: int, p, size=None, precision=None, forms=()):
   """torch conv_transpose2d(x, w, stride s, padding p) for an HWIO kernel w (torch's (in, out, kh, kw) weight
   transposed (2, 3, 0, 1)) without multiplying inserted zeros. p: an int or (p_h, p_w), the rows cropped from

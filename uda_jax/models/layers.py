@@ -101,7 +101,8 @@ class Conv(nn.Module):
 
 class Dense1x1(nn.Module):
   """A 1x1 convolution (stride s, no padding) as x[:, ::s, ::s] @ W, with nn.Conv's parameter names, shapes
-  ((1, 1, in, out) kernel, bias) and initialisation order, so checkpoints and imported weights are unchanged."""
+  ((1, 1, in, out) kernel, bias) and initialisation order, so checkpoints and imported weights are unchanged.
+  The weight gradient is the C++ conv kernel's where it applies (`conv_forms.matmul_1x1`)."""
 
   features: int
   stride: int
@@ -117,7 +118,7 @@ class Dense1x1(nn.Module):
     bias = self.param("bias", self.bias_init, (self.features,), pdt) if self.use_bias else None
     if self.stride > 1:
       x = x[:, :: self.stride, :: self.stride]
-    y = jnp.einsum("nhwc,cd->nhwd", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    y = conv_forms.matmul_1x1(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
     return y + bias.astype(self.dtype) if bias is not None else y
 
 
