@@ -44,7 +44,7 @@ def test_kernel_equals_xla_batch_norm_in_values_and_gradients(monkeypatch, shape
   scale, bias = jax.random.uniform(k[1], (c,)) + 0.5, jax.random.normal(k[2], (c,))
   w, wm, wv = jax.random.normal(k[3], shape), jax.random.normal(k[4], (c,)), jax.random.normal(k[5], (c,))
   r = jax.random.normal(k[6], shape) if residual else None
-  f_ours = lambda x, s, b, r: bn_kernel.batch_norm_train(x, s, b, 1e-5, r, relu)
+  f_ours = lambda x, s, b, r: bn_kernel.batch_norm(x, s, b, 1e-5, r, relu)
   f_ref = lambda x, s, b, r: _xla_batch_norm(x, s, b, 1e-5, r, relu)
 
   def loss(f):  # cotangents reach y through a ReLU and the returned mean and variance directly
@@ -61,6 +61,32 @@ def test_kernel_equals_xla_batch_norm_in_values_and_gradients(monkeypatch, shape
     assert float(jnp.mean(f_ref(x, scale, bias, r)[0] == 0)) > 0.2
   hlo = jax.jit(jax.grad(lambda x: f_ours(x, scale, bias, r)[0].sum())).lower(x).as_text()
   assert "uda_batch_norm_backward" in hlo and "maximum" not in hlo  # the ReLU and its mask in the kernels
+
+
+@needs_compiler
+@pytest.mark.parametrize("residual, relu", [(False, False), (True, True)])
+def test_kernel_with_given_statistics_equals_xla_in_values_and_gradients(residual, relu):
+  """Frozen BatchNorm and evaluation: the running (mean, var) given; gradients also reach them."""
+  k = jax.random.split(jax.random.key(2), 7)
+  shape = (2, 9, 11, 48)
+  x = jax.random.normal(k[0], shape) * 2 + 1
+  scale, bias = jax.random.uniform(k[1], (48,)) + 0.5, jax.random.normal(k[2], (48,))
+  mean, var = jax.random.normal(k[3], (48,)), jax.random.uniform(k[4], (48,)) + 0.5
+  r = jax.random.normal(k[5], shape) if residual else None
+  w = jax.random.normal(k[6], shape)
+
+  def ref(x, s, b, m, v):
+    y = (x - m) * (jax.lax.rsqrt(v + 1e-5) * s) + b
+    y = y if r is None else y + r
+    return jax.nn.relu(y) if relu else y, m, v
+
+  ours = lambda x, s, b, m, v: bn_kernel.batch_norm(x, s, b, 1e-5, r, relu, stats=(m, v))
+  loss = lambda f: jax.jit(jax.value_and_grad(
+      lambda *a: jnp.sum(f(*a)[0] * w) + jnp.sum(f(*a)[1] * 2 + f(*a)[2] ** 2), argnums=(0, 1, 2, 3, 4)))
+  jax.tree.map(_close, jax.jit(ours)(x, scale, bias, mean, var), jax.jit(ref)(x, scale, bias, mean, var))
+  (l_ours, g_ours), (l_ref, g_ref) = loss(ours)(x, scale, bias, mean, var), loss(ref)(x, scale, bias, mean, var)
+  assert float(l_ours) == pytest.approx(float(l_ref), rel=1e-5)
+  jax.tree.map(_close, g_ours, g_ref)
 
 
 @needs_compiler
@@ -86,26 +112,30 @@ def test_kernel_is_no_less_accurate_than_xla_on_near_constant_channels():
     dx = jax.grad(lambda x: jnp.sum(f(x, f32(scale), f32(bias), 1e-5)[0] * f32(w)))(f32(x))
     return np.abs(y - y64).max((0, 1, 2)), np.abs(dx - dx64).max((0, 1, 2)) / np.abs(dx64).max((0, 1, 2))
 
-  (y_k, dx_k), (y_x, dx_x) = errors(bn_kernel.batch_norm_train), errors(_xla_batch_norm)
+  (y_k, dx_k), (y_x, dx_x) = errors(bn_kernel.batch_norm), errors(_xla_batch_norm)
   assert np.all(y_k <= y_x * 1.01 + 1e-6) and np.all(dx_k <= dx_x * 1.01 + 1e-6), (y_k, y_x, dx_k, dx_x)
   assert np.all(y_k < 1e-3) and np.all(dx_k < 1e-4), (y_k, dx_k)  # XLA: 1.9e-3 and 1.5e-4 on channel 1
 
 
 @needs_compiler
+@pytest.mark.parametrize("mode, train", [("batch_stats", True), ("frozen", True), ("batch_stats", False)])
 @pytest.mark.parametrize("fuse", [{}, {"relu": True}, {"relu": True, "residual": True}])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtype, fuse):
-  """Also relu(bn(x) + residual), which the kernel fuses in float32 (under bfloat16 the add stays outside, in
-  bfloat16 as in XLA's layer)."""
+def test_batch_norm_layer_with_the_kernel_equals_the_xla_layer(monkeypatch, dtype, fuse, mode, train):
+  """Batch statistics, frozen and evaluation (the running statistics); also relu(bn(x) + residual), which the
+  kernel fuses in float32 (under bfloat16 the add stays outside, in bfloat16 as in XLA's layer)."""
   keys = jax.random.split(jax.random.key(1), 2)
   x = (jax.random.normal(keys[0], (2, 6, 10, 16)) * 2 - 1).astype(dtype)
   residual = jax.random.normal(keys[1], x.shape).astype(dtype) if fuse.get("residual") else None
-  bn = layers.BatchNorm()
+  bn = layers.BatchNorm(mode=mode)
   variables = bn.init(jax.random.key(0), x, train=True)
+  stats = jax.random.split(jax.random.key(3), 2)  # running statistics other than the initial 0 and 1
+  variables = {**variables, "batch_stats": {"mean": jax.random.normal(stats[0], (16,)) - 1,
+                                            "var": jax.random.uniform(stats[1], (16,)) * 3 + 0.5}}
 
   def run():
     def f(params, x, residual):
-      y, new = bn.apply({**variables, "params": params}, x, train=True, residual=residual,
+      y, new = bn.apply({**variables, "params": params}, x, train=train, residual=residual,
                         relu=fuse.get("relu", False), mutable=["batch_stats"])
       return jnp.sum(jnp.sin(y.astype(jnp.float32))), (y, new)
     jaxpr = str(jax.make_jaxpr(f)(variables["params"], x, residual))
@@ -232,4 +262,4 @@ def test_unmapped_scale_and_bias_get_the_device_summed_gradient_under_shard_map(
     loss = jax.shard_map(body, mesh=mesh, in_specs=(jax.P(), jax.P(), jax.P("data")), out_specs=jax.P())
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(scale, bias, x)
 
-  jax.tree.map(_close, grads(bn_kernel.batch_norm_train), grads(_xla_batch_norm))
+  jax.tree.map(_close, grads(bn_kernel.batch_norm), grads(_xla_batch_norm))

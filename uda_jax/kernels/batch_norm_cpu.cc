@@ -46,32 +46,37 @@ void ChannelSums(ffi::ThreadPool& pool, const Rows& rows, const Term& term, int 
 }  // namespace
 
 // y = (x - mean) * scale / sqrt(var + eps) + bias with the batch's mean and biased variance (two passes for the
-// statistics, as XLA's path computes them, then one for y), plus `residual` where it is not empty and then
-// max(y, 0) where `relu`: the ResNet's BatchNorm-ReLU and residual-add-ReLU in the same pass (separate passes
+// statistics, as XLA's path computes them, then one for y), or with `given_mean` and `given_var` where those are
+// not empty (frozen BatchNorm, evaluation; returned as mean and var), plus `residual` where it is not empty and
+// then max(y, 0) where `relu`: the ResNet's BatchNorm-ReLU and residual-add-ReLU in the same pass (separate passes
 // cost the AdaptSegNet step ~1 s, docs/performance.md).
-static ffi::Error BatchNormForward(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, F32 residual, float eps,
-                                   int64_t relu, F32Out y, F32Out mean, F32Out var) {
+static ffi::Error BatchNormForward(ffi::ThreadPool pool, F32 x, F32 scale, F32 bias, F32 residual, F32 given_mean,
+                                   F32 given_var, float eps, int64_t relu, F32Out y, F32Out mean, F32Out var) {
   const Rows rows(x.element_count(), x.dimensions().back());
   const int64_t c = rows.c;
   const float* px = x.typed_data();
-  std::vector<double> sums(c);
-  ChannelSums(pool, rows, [&](int64_t r, float* acc) {
-    const float* xr = px + r * c;
-    for (int64_t k = 0; k < c; ++k) acc[k] += xr[k];
-  }, 1, sums.data());
-  float* pm = mean->typed_data();
-  for (int64_t k = 0; k < c; ++k) pm[k] = static_cast<float>(sums[k] / rows.m);
-  ChannelSums(pool, rows, [&](int64_t r, float* acc) {
-    const float* xr = px + r * c;
-    for (int64_t k = 0; k < c; ++k) {
-      const float d = xr[k] - pm[k];
-      acc[k] += d * d;
-    }
-  }, 1, sums.data());
-  float* pv = var->typed_data();
+  float *pm = mean->typed_data(), *pv = var->typed_data();
+  if (given_mean.element_count() > 0) {
+    std::copy(given_mean.typed_data(), given_mean.typed_data() + c, pm);
+    std::copy(given_var.typed_data(), given_var.typed_data() + c, pv);
+  } else {
+    std::vector<double> sums(c);
+    ChannelSums(pool, rows, [&](int64_t r, float* acc) {
+      const float* xr = px + r * c;
+      for (int64_t k = 0; k < c; ++k) acc[k] += xr[k];
+    }, 1, sums.data());
+    for (int64_t k = 0; k < c; ++k) pm[k] = static_cast<float>(sums[k] / rows.m);
+    ChannelSums(pool, rows, [&](int64_t r, float* acc) {
+      const float* xr = px + r * c;
+      for (int64_t k = 0; k < c; ++k) {
+        const float d = xr[k] - pm[k];
+        acc[k] += d * d;
+      }
+    }, 1, sums.data());
+    for (int64_t k = 0; k < c; ++k) pv[k] = static_cast<float>(sums[k] / rows.m);
+  }
   std::vector<float> a(c), b(c);
   for (int64_t k = 0; k < c; ++k) {
-    pv[k] = static_cast<float>(sums[k] / rows.m);
     a[k] = scale.typed_data()[k] / std::sqrt(pv[k] + eps);
     b[k] = bias.typed_data()[k] - pm[k] * a[k];
   }
@@ -105,7 +110,7 @@ namespace {
 template <bool kMask>
 void Backward(ffi::ThreadPool& pool, const Rows& rows, const float* pd, const float* px, const float* py,
               const float* pm, const float* pv, const float* ps, const float* pdm, const float* pdv, float eps,
-              float* po, float* pdscale, float* pdbias, float* pres) {
+              bool frozen, float* po, float* pdscale, float* pdbias, float* pres) {
   const int64_t c = rows.c;
   // g of row r, k; dy loaded either way so that the select compiles to a blend, not a branch
   auto g = [](const float* __restrict__ dr, const float* __restrict__ yr, int64_t k) {
@@ -129,9 +134,9 @@ void Backward(ffi::ThreadPool& pool, const Rows& rows, const float* pd, const fl
     const float s1 = static_cast<float>(sums[k]), s2 = static_cast<float>(sums[c + k]);
     a[k] = ps[k] * inv;
     // dx = a g + cx x + c0: through the normalisation, the mean and the variance, plus the returned statistics'
-    // own cotangents (d mean / dx = 1 / m, d var / dx = 2 (x - mean) / m).
-    cx[k] = -a[k] * inv * inv * s2 / m + 2.f * pdv[k] / m;
-    c0[k] = -a[k] * s1 / m + pdm[k] / m - cx[k] * pm[k];
+    // own cotangents (d mean / dx = 1 / m, d var / dx = 2 (x - mean) / m); with given (frozen) statistics a g.
+    cx[k] = frozen ? 0.f : -a[k] * inv * inv * s2 / m + 2.f * pdv[k] / m;
+    c0[k] = frozen ? 0.f : -a[k] * s1 / m + pdm[k] / m - cx[k] * pm[k];
     pdscale[k] = s2 * inv;
     pdbias[k] = s1;
   }
@@ -159,14 +164,15 @@ void Backward(ffi::ThreadPool& pool, const Rows& rows, const float* pd, const fl
 
 // Gradient of BatchNormForward from dy and the cotangents of its mean and var outputs: one pass for the sums of
 // g and g * (x - mean), one for dx (and the residual's gradient g where `dres` is not empty), where g is dy, or
-// where `y` (the forward's ReLU output) is not empty, dy where y > 0 and 0 elsewhere.
+// where `y` (the forward's ReLU output) is not empty, dy where y > 0 and 0 elsewhere. `frozen`: the statistics
+// were given, so dx has no part through them.
 static ffi::Error BatchNormBackward(ffi::ThreadPool pool, F32 dy, F32 x, F32 mean, F32 var, F32 scale, F32 dmean,
-                                    F32 dvar, F32 y, float eps, F32Out dx, F32Out dscale, F32Out dbias,
-                                    F32Out dres) {
+                                    F32 dvar, F32 y, float eps, int64_t frozen, F32Out dx, F32Out dscale,
+                                    F32Out dbias, F32Out dres) {
   const Rows rows(x.element_count(), x.dimensions().back());
   auto* backward = y.element_count() > 0 ? Backward<true> : Backward<false>;
   backward(pool, rows, dy.typed_data(), x.typed_data(), y.typed_data(), mean.typed_data(), var.typed_data(),
-           scale.typed_data(), dmean.typed_data(), dvar.typed_data(), eps, dx->typed_data(),
+           scale.typed_data(), dmean.typed_data(), dvar.typed_data(), eps, frozen != 0, dx->typed_data(),
            dscale->typed_data(), dbias->typed_data(), dres->element_count() > 0 ? dres->typed_data() : nullptr);
   return ffi::Error::Success();
 }
@@ -178,6 +184,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaBatchNormForward, BatchNormForward,
                                   .Arg<F32>()  // scale (C,)
                                   .Arg<F32>()  // bias (C,)
                                   .Arg<F32>()  // residual (like x, or empty)
+                                  .Arg<F32>()  // given mean (C,), or empty: the batch's
+                                  .Arg<F32>()  // given biased var (C,), or empty
                                   .Attr<float>("eps")
                                   .Attr<int64_t>("relu")
                                   .Ret<F32>()  // y
@@ -196,6 +204,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(UdaBatchNormBackward, BatchNormBackward,
                                   .Arg<F32>()  // d var
                                   .Arg<F32>()  // y, the forward's ReLU output (or empty: no ReLU)
                                   .Attr<float>("eps")
+                                  .Attr<int64_t>("frozen")
                                   .Ret<F32>()  // dx
                                   .Ret<F32>()  // d scale
                                   .Ret<F32>()  // d bias

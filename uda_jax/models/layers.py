@@ -133,10 +133,11 @@ class BatchNorm(nn.Module):
     over every device on `axis_name`; the scale/shift are trained when the optimizer is told so
     (optim.train_bn).
   `axis_name` pmeans the running-statistics update so replicas stay identical; in 'batch_stats' mode the
-  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, on a CPU, the
-  statistics, normalisation and gradient run as one C++ kernel each way (`uda_jax.kernels.batch_norm`).
-  `residual` (added to the output) and `relu` (applied last) are the ResNet's `relu(bn(x) + residual)` and
-  `relu(bn(x))`, which the kernel computes in its own pass (separate passes cost the CPU step ~1 s).
+  normalisation itself uses per-device statistics, as in the 1-image-per-GPU official runs. There, and with the
+  running statistics ('frozen', evaluation), on a CPU the statistics, normalisation and gradient run as one C++
+  kernel each way (`uda_jax.kernels.batch_norm`). `residual` (added to the output) and `relu` (applied last) are
+  the ResNet's `relu(bn(x) + residual)` and `relu(bn(x))`, which the kernel computes in the same pass (separate
+  passes cost the CPU step ~1 s).
   """
 
   mode: str = "batch_stats"
@@ -167,7 +168,7 @@ class BatchNorm(nn.Module):
         # the residual added in float32 only when that is the compute dtype (as below); the ReLU commutes with
         # the rounding to bfloat16
         fused = residual is None or x.dtype == jnp.float32
-        y, mean, var = batch_norm_kernel.batch_norm_train(x32, scale, bias, self.eps,
+        y, mean, var = batch_norm_kernel.batch_norm(x32, scale, bias, self.eps,
                                                           residual if fused else None, relu and fused)
       else:
         mean = x32.mean((0, 1, 2))
@@ -181,6 +182,10 @@ class BatchNorm(nn.Module):
         ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * new_var
     else:
       mean, var = ra_mean.value, ra_var.value
+      if dt == jnp.float32 and batch_norm_kernel.enabled():  # one pass, with the ReLU and residual as above
+        fused = residual is None or x.dtype == jnp.float32
+        y = batch_norm_kernel.batch_norm(x32, scale, bias, self.eps, residual if fused else None, relu and fused,
+                                         stats=(mean, var))[0]
     if y is None:
       y = (x32 - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
     y = y.astype(x.dtype)
