@@ -185,8 +185,8 @@ def matmul_1x1(x, w):
   """x (N, H, W, C_in) @ w (C_in, C_out), an unpadded stride-1 1x1 conv as `layers.Dense1x1` runs it on a CPU,
   with its weight gradient x^T dy the C++ weight-gradient kernel's where that applies (float32, C_out a multiple
   of 16, enabled): XLA:CPU transposes dy into a copy before its own dot for it."""
-  if not (x.dtype == w.dtype and x.shape[3] == w.shape[0] and x.size > 0 and conv_kernel.supports(x.dtype, w.shape[1])
-          and conv_kernel.enabled()):
+  if not (x.dtype == w.dtype and x.shape[3] == w.shape[0] and x.size > 0
+          and conv_kernel.supports(x.dtype, w.shape[1]) and conv_kernel.enabled()):
     return jnp.einsum("nhwc,cd->nhwd", x, w)
   w, = parallel.vary_like(x, w)
   return _kernel_matmul(x, w)
@@ -198,7 +198,7 @@ def _kernel_matmul(x, w):
 
 
 def _kernel_matmul_forward(x, w):
-  return _kernel_matmul(x, w), (x, w)
+  return jnp.einsum("nhwc,cd->nhwd", x, w), (x, w)
 
 
 def _kernel_matmul_backward(residuals, dy):

@@ -157,19 +157,21 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), dt))
     x32 = x.astype(dt)
     sync = self.mode == "sync" and self.axis_name is not None and not self.is_initializing()
-    y, fused = None, False
+    y = None
+    # XLA:CPU: one C++ pass each way (issue 13). It adds the residual only where float32 is the compute dtype (as
+    # below; under bfloat16 the add stays there); the ReLU commutes with the rounding to bfloat16.
+    fused = residual is None or x.dtype == jnp.float32
+    kernel = dt == jnp.float32 and not sync and batch_norm_kernel.enabled() and functools.partial(
+        batch_norm_kernel.batch_norm, x32, scale, bias, self.eps, residual if fused else None, relu and fused)
+    fused = bool(kernel) and fused
     if train and self.mode in ("batch_stats", "sync"):
       n = x.size // c
       if sync:  # global mean and variance from per-device first and second moments
         mean, sq = jax.lax.pmean((x32.mean((0, 1, 2)), jnp.square(x32).mean((0, 1, 2))), self.axis_name)
         var = jnp.maximum(sq - jnp.square(mean), 0.0)
         n *= jax.lax.psum(1, self.axis_name)
-      elif dt == jnp.float32 and batch_norm_kernel.enabled():  # XLA:CPU: one C++ pass each way (issue 13)
-        # the residual added in float32 only when that is the compute dtype (as below); the ReLU commutes with
-        # the rounding to bfloat16
-        fused = residual is None or x.dtype == jnp.float32
-        y, mean, var = batch_norm_kernel.batch_norm(x32, scale, bias, self.eps,
-                                                          residual if fused else None, relu and fused)
+      elif kernel:
+        y, mean, var = kernel()
       else:
         mean = x32.mean((0, 1, 2))
         var = jnp.square(x32 - mean).mean((0, 1, 2))
@@ -182,10 +184,8 @@ class BatchNorm(nn.Module):
         ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * new_var
     else:
       mean, var = ra_mean.value, ra_var.value
-      if dt == jnp.float32 and batch_norm_kernel.enabled():  # one pass, with the ReLU and residual as above
-        fused = residual is None or x.dtype == jnp.float32
-        y = batch_norm_kernel.batch_norm(x32, scale, bias, self.eps, residual if fused else None, relu and fused,
-                                         stats=(mean, var))[0]
+      if kernel:
+        y = kernel(stats=(mean, var))[0]
     if y is None:
       y = (x32 - mean) * (jax.lax.rsqrt(var + self.eps) * scale) + bias
     y = y.astype(x.dtype)
