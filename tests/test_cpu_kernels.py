@@ -90,6 +90,20 @@ def test_kernel_with_given_statistics_equals_xla_in_values_and_gradients(residua
 
 
 @needs_compiler
+def test_a_residual_the_kernel_cannot_take_is_named_or_added_outside():
+  x = jnp.ones((1, 4, 4, 16))
+  with pytest.raises(ValueError, match=r"residual must be float32 of x's shape \(1, 4, 4, 16\), got float32 \(16,\)"):
+    bn_kernel.batch_norm(x, jnp.ones(16), jnp.zeros(16), 1e-5, jnp.ones(16))
+  bn = layers.BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=True)
+  x = jax.random.normal(jax.random.key(1), x.shape)
+  r = jax.random.normal(jax.random.key(2), (16,))
+  run = lambda r: bn.apply(variables, x, train=True, residual=r, relu=True, mutable=["batch_stats"])[0]
+  # a broadcast residual: the layer adds it after the kernel, as the fused kernel adds the full-size one
+  np.testing.assert_allclose(run(r), run(jnp.broadcast_to(r, x.shape)), rtol=1e-6, atol=1e-6)
+
+
+@needs_compiler
 def test_kernel_is_no_less_accurate_than_xla_on_near_constant_channels():
   """A channel whose spread is far below its mean is where float32 BatchNorm loses digits; measured against
   float64, the kernel (double partial sums) keeps more of them than XLA's float32 expression."""

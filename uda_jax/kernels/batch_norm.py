@@ -62,6 +62,9 @@ def batch_norm(x, scale, bias, eps: float, residual=None, relu: bool = False, st
   why_not = _load()
   if why_not is not None:
     raise build.BuildError(why_not)
+  if residual is not None and (residual.shape != x.shape or residual.dtype != jnp.float32):
+    raise ValueError(f"batch_norm: the residual must be float32 of x's shape {x.shape}, got {residual.dtype} "
+                     f"{residual.shape} (the kernel does not broadcast)")
   mean, var = (_none(), _none()) if stats is None else stats
   scale, bias, residual, mean, var = parallel.vary_like(
       x, scale, bias, _none() if residual is None else residual, mean, var)

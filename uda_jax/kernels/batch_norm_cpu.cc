@@ -1,5 +1,6 @@
-// Training-mode BatchNorm on XLA:CPU as two XLA FFI handlers (issue 13): one forward and one backward pass per
-// layer, as PyTorch's CPU kernels do. XLA:CPU splits BatchNorm into separate elementwise passes and reductions that
+// BatchNorm on XLA:CPU as two XLA FFI handlers (issue 13): one forward and one backward pass per layer, as
+// PyTorch's CPU kernels do, with the batch's or given (frozen, evaluation) statistics, and the ResNet's residual
+// add and ReLU in the same passes. XLA:CPU splits BatchNorm into separate elementwise passes and reductions that
 // each re-read a full tensor (docs/performance.md); here the statistics, the normalisation and the gradient run as
 // tight loops over the (rows, channels) view of an NHWC float32 tensor, parallel over rows on XLA's thread pool.
 // uda_jax/kernels/batch_norm.py builds, registers and differentiates them.

@@ -36,7 +36,7 @@ def _load() -> str | None:
 
 
 def enabled() -> bool:
-  """Whether stride-1 float32 convs run as the kernels: on a CPU backend, when they build."""
+  """Whether float32 convs (and 1x1 weight gradients) run as the kernels: on a CPU backend, when they build."""
   return build.use_kernel(ENV, "the CPU conv kernels", "XLA's slower convolutions", _load)
 
 

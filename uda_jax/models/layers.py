@@ -158,9 +158,10 @@ class BatchNorm(nn.Module):
     x32 = x.astype(dt)
     sync = self.mode == "sync" and self.axis_name is not None and not self.is_initializing()
     y = None
-    # XLA:CPU: one C++ pass each way (issue 13). It adds the residual only where float32 is the compute dtype (as
-    # below; under bfloat16 the add stays there); the ReLU commutes with the rounding to bfloat16.
-    fused = residual is None or x.dtype == jnp.float32
+    # XLA:CPU: one C++ pass each way (issue 13). It adds the residual only where float32 is the compute dtype and
+    # the shapes match (as below; under bfloat16 or a broadcast the add stays there); the ReLU commutes with the
+    # rounding to bfloat16.
+    fused = residual is None or (x.dtype == residual.dtype == jnp.float32 and residual.shape == x.shape)
     kernel = dt == jnp.float32 and not sync and batch_norm_kernel.enabled() and functools.partial(
         batch_norm_kernel.batch_norm, x32, scale, bias, self.eps, residual if fused else None, relu and fused)
     fused = bool(kernel) and fused
