@@ -101,6 +101,7 @@ def test_strided_conv_kernels_equal_xla(x_shape, w_shape, stride, pads):
     ((1, 7, 6, 5), (2, 2, 5, 32), ((1, 0), (0, 1)), (1, 1)),  # even kernel
     ((1, 6, 9, 16), (3, 5, 16, 16), ((4, 3), (3, 5)), (1, 1)),  # rectangular kernel, padding beyond it
     ((1, 5, 7, 24), (1, 1, 24, 32), ((1, 1), (0, 2)), (1, 1)),  # padded 1x1
+    ((1, 6, 13, 600), (3, 3, 600, 80), ((1, 1), (1, 1)), (1, 1)),  # input channels in three passes (256, 256, 88)
 ])
 def test_conv_kernels_equal_xla(x_shape, w_shape, pads, dilation, dtype):
   # float32 through the kernels; float64 (not the kernels') stays XLA's
