@@ -24,6 +24,9 @@ Printed fields:
   gb_accessed_per_step    (CPU only) XLA's count of the bytes the compiled step reads and writes, all devices
   peak_device_memory_gib  device 0's peak_bytes_in_use where the runtime reports it (GPU, TPU), else XLA's memory
                           analysis of the step (CPU); peak_memory_source says which.
+  host_memory_kept        whether malloc keeps freed host memory (uda_jax/host_memory.py; CPU, glibc): then
+                          neither step here pays page faults for its buffers (--nocpu_keep_host_memory: default
+                          malloc for both)
   input_s                 median host time per step to produce a batch and place it on the devices: next(iterator)
                           + parallel.global_batch (with random input, only the transfer: the arrays are ready)
   input_wait_s            time per step the devices sat waiting for input when batches are fed as the train loop
@@ -62,7 +65,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from uda_jax import cli, methods, parallel, peak_flops, steps, switches, xla_flags
+from uda_jax import cli, host_memory, methods, parallel, peak_flops, steps, switches, xla_flags
 from uda_jax.kernels import batch_norm as bn_kernel
 from uda_jax.kernels import conv_kernel
 from uda_jax.errors import UserError
@@ -371,6 +374,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   xla_flags.apply(xla_flags.ENABLED.value)  # before the first device is touched
+  kept = host_memory.apply(host_memory.ENABLED.value)  # also for the PyTorch step that --compare_torch runs
   config = _CONFIG.value
   try:
     size = _parse_size(_SIZE.value, "size")
@@ -391,6 +395,7 @@ def main(argv):
   except UserError as e:
     cli.exit_with_user_error(e)
   r["peak_source"] = source
+  r["host_memory_kept"] = kept
   if _COMPARE_TORCH.value:
     t = bench_torch.benchmark(config, random_batch(config, size, target), _STEPS.value)
     r = {**r, "torch": t["torch_version"], "torch_threads": t["torch_threads"], "torch_step_s": t["torch_step_s"],

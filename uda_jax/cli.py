@@ -8,7 +8,7 @@ import threading
 
 from absl import flags, logging
 
-from uda_jax import xla_flags
+from uda_jax import host_memory, xla_flags
 from uda_jax.errors import UserError
 
 
@@ -46,8 +46,10 @@ def _quiet_orbax(record):
 
 
 def start_jax(distributed: bool):
-  """XLA:CPU flags before JAX starts a backend, JAX's absl flags, the cluster if asked; returns jax."""
+  """XLA:CPU flags and malloc settings before JAX starts a backend, JAX's absl flags, the cluster if asked; returns
+  jax."""
   xla_flags.apply(xla_flags.ENABLED.value)
+  host_memory.apply(host_memory.ENABLED.value)
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.parse_flags_with_absl()
   if distributed:

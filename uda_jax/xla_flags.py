@@ -33,14 +33,14 @@ def cpu_backend_expected() -> bool:
   return not any(importlib.util.find_spec(m) is not None for m in _ACCELERATOR_MODULES)
 
 
-def _backend_started() -> bool:
+def backend_started() -> bool:
   xla_bridge = sys.modules.get("jax._src.xla_bridge")
   return bool(xla_bridge is not None and getattr(xla_bridge, "_backends", None))
 
 
 def apply(enabled: bool = True) -> tuple[str, ...]:
   """Appends CPU_FLAGS to XLA_FLAGS where they apply; returns the flags added (none if not)."""
-  if not enabled or not cpu_backend_expected() or _backend_started():
+  if not enabled or not cpu_backend_expected() or backend_started():
     return ()
   try:
     if importlib.metadata.version("jaxlib") not in KNOWN_JAXLIB:
