@@ -65,7 +65,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from uda_jax import cli, host_memory, methods, parallel, peak_flops, steps, switches, xla_flags
+from uda_jax import cli, methods, parallel, peak_flops, steps, switches
 from uda_jax.kernels import batch_norm as bn_kernel
 from uda_jax.kernels import conv_kernel
 from uda_jax.errors import UserError
@@ -373,8 +373,7 @@ def _parse_size(value, flag):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  xla_flags.apply(xla_flags.ENABLED.value)  # before the first device is touched
-  kept = host_memory.apply(host_memory.ENABLED.value)  # also for the PyTorch step that --compare_torch runs
+  kept = cli.prepare_cpu()  # before the first device is touched; the malloc settings also serve --compare_torch
   config = _CONFIG.value
   try:
     size = _parse_size(_SIZE.value, "size")

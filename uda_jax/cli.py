@@ -45,11 +45,16 @@ def _quiet_orbax(record):
   return record.levelno >= std_logging.WARNING
 
 
-def start_jax(distributed: bool):
-  """XLA:CPU flags and malloc settings before JAX starts a backend, JAX's absl flags, the cluster if asked; returns
-  jax."""
+def prepare_cpu() -> bool:
+  """Before JAX starts a backend: the XLA:CPU flags and the malloc settings, each unless its absl flag turns it
+  off; returns whether malloc keeps freed host memory."""
   xla_flags.apply(xla_flags.ENABLED.value)
-  host_memory.apply(host_memory.ENABLED.value)
+  return host_memory.apply(host_memory.ENABLED.value)
+
+
+def start_jax(distributed: bool):
+  """prepare_cpu(), JAX's absl flags, the cluster if asked; returns jax."""
+  prepare_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.parse_flags_with_absl()
   if distributed:

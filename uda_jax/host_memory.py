@@ -4,10 +4,10 @@ XLA:CPU allocates every execution's temporary buffer (2.2 GB for the 256x512 FAD
 worker threads. glibc serves a block that large with a fresh mmap from a thread arena and unmaps it when it is
 freed, so every step touched ~540,000 new pages: about 1.0 s of kernel time (page faults and zeroing) per step,
 7-8% of the 2-core step's wall time. With one malloc arena, no mmap for large blocks and no trimming of the heap's
-top, the block is carved from the main heap once and reused: no page faults after the first step
-(docs/performance.md, session 18).
+top, the block is carved from the main heap and reused: no page faults once the heap has settled, after the
+first few steps (docs/performance.md, session 18).
 
-The cost: the process keeps its peak host memory until it exits (the next step needs it again anyway), and one
+The cost: the process keeps at least its peak host memory until it exits (the next step needs it again anyway), and one
 arena serialises malloc between threads. Set by mallopt(3) before JAX starts its threads, only on a CPU backend
 and only under glibc (elsewhere nothing changes); `--nocpu_keep_host_memory` leaves malloc alone.
 """
@@ -33,10 +33,10 @@ def _glibc():
     return None
   try:
     libc = ctypes.CDLL(None)
-    version = libc.gnu_get_libc_version  # glibc only (not musl)
-  except (OSError, AttributeError):
+  except OSError:
     return None
-  version.restype = ctypes.c_char_p
+  if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (not musl)
+    return None
   libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return libc
 

@@ -146,7 +146,7 @@ static ffi::Error ConvWeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, 
 
 // y[n, oh, ow, co] = sum over i, j, ci of x[n, oh sh + i dh - pt, ow sw + j dw - pl, ci] w[i, j, ci, co]: the conv
 // itself (and, for stride 1, on dy with the flipped, transposed kernel, its input gradient). Register tiles of 6 output
-// pixels x 64 output channels accumulate one tap row (kw taps x C_in) at a time; tasks are (image, output row,
+// pixels x 64 output channels accumulate one tap row (kw taps x a pass of C_in) at a time; tasks are (image, output row,
 // 64 output channels).
 // With `flip`, k is given as (KH, KW, C_out, C_in) and used flipped in both spatial axes with its channels swapped
 // (the input gradient's kernel), rearranged here in cache blocks: XLA's reverse-and-transpose copy of it ran at
