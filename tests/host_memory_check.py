@@ -1,11 +1,22 @@
 """Page faults of a repeated XLA:CPU execution with a large temporary buffer, with or without uda_jax.host_memory
-(argv[1] = 'keep' | 'default'); a subprocess, since malloc's settings are per process and must precede JAX."""
+(argv[1] = 'keep' | 'default' | 'late': set after a thread has allocated, so only reports whether they apply); a
+subprocess, since malloc's settings are per process and must precede JAX. Imports what the trainer imports before it
+sets them."""
 import resource
 import sys
+import threading
 
-from uda_jax import host_memory  # pylint: disable=g-import-not-at-top
+import uda_jax.main  # pylint: disable=unused-import
+from uda_jax import host_memory
 
-kept = host_memory.apply(sys.argv[1] == "keep")
+if sys.argv[1] == "late":  # a thread that allocates gets its own malloc arena
+  worker = threading.Thread(target=lambda: [bytearray(4096) for _ in range(64)])
+  worker.start()
+  worker.join()
+kept = host_memory.apply(sys.argv[1] != "default")
+if sys.argv[1] == "late":
+  print(f"kept {kept} faults -")
+  sys.exit()
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 

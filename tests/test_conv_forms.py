@@ -86,6 +86,7 @@ def test_strided_conv_equals_xla_and_keeps_its_forward_and_weight_gradient(monke
     ((1, 11, 12, 3), (3, 3, 3, 48), 2, ((4, 3), (3, 5))),  # padding beyond the kernel
     ((1, 12, 13, 4), (4, 4, 4, 16), 3, ((2, 0), (1, 2))),  # stride 3, asymmetric padding
     ((2, 10, 9, 8), (2, 5, 8, 80), 2, ((0, 1), (2, 2))),  # kernel not square, C_out 64 + 16
+    ((1, 8, 12, 200), (4, 4, 200, 32), 2, ((1, 1), (1, 1))),  # forward's input channels in two passes (192, 8)
 ])
 def test_strided_conv_kernels_equal_xla(x_shape, w_shape, stride, pads):
   _compare(x_shape, w_shape, (stride, stride), pads, (1, 1), jnp.float32, "strided", kernel=True)
@@ -102,6 +103,7 @@ def test_strided_conv_kernels_equal_xla(x_shape, w_shape, stride, pads):
     ((1, 6, 9, 16), (3, 5, 16, 16), ((4, 3), (3, 5)), (1, 1)),  # rectangular kernel, padding beyond it
     ((1, 5, 7, 24), (1, 1, 24, 32), ((1, 1), (0, 2)), (1, 1)),  # padded 1x1
     ((1, 6, 13, 600), (3, 3, 600, 80), ((1, 1), (1, 1)), (1, 1)),  # input channels in three passes (256, 256, 88)
+    ((1, 6, 9, 16), (3, 3, 16, 272), ((1, 1), (1, 1)), (1, 1)),  # dx (flipped kernel) sums C_out in two passes
 ])
 def test_conv_kernels_equal_xla(x_shape, w_shape, pads, dilation, dtype):
   # float32 through the kernels; float64 (not the kernels') stays XLA's

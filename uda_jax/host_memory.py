@@ -10,12 +10,17 @@ first few steps (docs/performance.md, session 18).
 The cost: the process keeps at least its peak host memory until it exits (the next step needs it again anyway), and one
 arena serialises malloc between threads. Set by mallopt(3) before JAX starts its threads, only on a CPU backend
 and only under glibc (elsewhere nothing changes); `--nocpu_keep_host_memory` leaves malloc alone.
+
+A thread that allocated before the call has its own arena already, which later threads may share and which serves
+blocks over 64 MB by mmap whatever the settings; apply() then warns and returns False. The trainer calls it after
+its imports with one arena (tensorflow's and orbax's imports start no allocating thread); a program that embeds
+uda_jax should call `uda_jax.cli.prepare_cpu()` before it starts threads, or run with MALLOC_ARENA_MAX=1.
 """
 
 import ctypes
 import sys
 
-from absl import flags
+from absl import flags, logging
 
 from uda_jax import xla_flags
 
@@ -38,7 +43,24 @@ def _glibc():
   if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (not musl)
     return None
   libc.mallopt.argtypes, libc.mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  libc.malloc_info.argtypes, libc.malloc_info.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_int
+  libc.open_memstream.argtypes = (ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t))
+  libc.open_memstream.restype = ctypes.c_void_p
+  libc.fclose.argtypes, libc.free.argtypes = (ctypes.c_void_p,), (ctypes.c_void_p,)
   return libc
+
+
+def arenas(libc) -> int:
+  """How many malloc arenas the process has (malloc_info(3) reports one <heap> each); 0 if it cannot tell."""
+  text, size = ctypes.c_char_p(), ctypes.c_size_t()
+  stream = libc.open_memstream(ctypes.byref(text), ctypes.byref(size))
+  if not stream:
+    return 0
+  ok = libc.malloc_info(0, stream) == 0
+  libc.fclose(stream)
+  report = ctypes.string_at(text, size.value) if text.value is not None else b""
+  libc.free(text)
+  return report.count(b"<heap nr=") if ok else 0
 
 
 def apply(enabled: bool = True) -> bool:
@@ -48,4 +70,12 @@ def apply(enabled: bool = True) -> bool:
   libc = _glibc()
   if libc is None:
     return False
-  return all(libc.mallopt(param, value) == 1 for param, value in SETTINGS)
+  if not all(libc.mallopt(param, value) == 1 for param, value in SETTINGS):
+    return False
+  count = arenas(libc)
+  if count > 1:
+    logging.warning("--cpu_keep_host_memory applies only in part: %d malloc arenas exist already (threads allocated "
+                    "before it was set), and they still map large blocks afresh; call uda_jax.cli.prepare_cpu() "
+                    "before starting threads, or run with MALLOC_ARENA_MAX=1", count)
+    return False
+  return True
