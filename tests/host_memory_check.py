@@ -2,12 +2,13 @@
 (argv[1] = 'keep' | 'default' | 'late': set after a thread has allocated, so only reports whether they apply); a
 subprocess, since malloc's settings are per process and must precede JAX. Imports what the trainer imports before it
 sets them."""
+import importlib
 import resource
 import sys
 import threading
 
-import uda_jax.main  # pylint: disable=unused-import
-from uda_jax import host_memory
+importlib.import_module("uda_jax.main")  # the trainer's imports, which must leave malloc with one arena
+from uda_jax import host_memory  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 if sys.argv[1] == "late":  # a thread that allocates gets its own malloc arena
   worker = threading.Thread(target=lambda: [bytearray(4096) for _ in range(64)])
