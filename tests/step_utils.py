@@ -7,10 +7,15 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from uda_jax import methods, parallel, steps, train
+from uda_jax.kernels import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tests that assert the CPU kernels run: without a compiler they cannot be built (training then falls back to XLA).
+NO_COMPILER = "no C++ compiler to build the CPU kernels" if build.compiler() is None else None
+needs_compiler = pytest.mark.skipif(NO_COMPILER is not None, reason=NO_COMPILER or "")
 
 
 def random_batch(batch=2, h=32, w=64, classes=19, seed=0):

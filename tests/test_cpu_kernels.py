@@ -14,9 +14,7 @@ from uda_jax.errors import UserError
 from uda_jax.kernels import batch_norm as bn_kernel
 from uda_jax.kernels import build, conv_kernel
 from uda_jax.models import layers
-from step_utils import init, random_batch
-
-needs_compiler = pytest.mark.skipif(build.compiler() is None, reason="no C++ compiler to build the kernel")
+from step_utils import init, needs_compiler, random_batch
 
 
 def _xla_batch_norm(x, scale, bias, eps, residual=None, relu=False):

@@ -40,10 +40,11 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _plain_2d(x_shape, w_shape, padding, lhs_dilation, dimension_numbers, feature_group_count) -> bool:
-  """An NHWC/HWIO conv with explicit padding, no input dilation and no groups: the forms below handle these."""
+  """An NHWC/HWIO conv with explicit padding, no input dilation and no groups: the forms below handle these.
+  (dimension_numbers None is lax's default, NCHW/OIHW.)"""
   return (len(x_shape) == 4 and not isinstance(padding, str) and all(d == 1 for d in (lhs_dilation or (1, 1)))
           and feature_group_count == 1
-          and jax.lax.conv_dimension_numbers(x_shape, w_shape, dimension_numbers or _NHWC)
+          and jax.lax.conv_dimension_numbers(x_shape, w_shape, dimension_numbers)
           == jax.lax.conv_dimension_numbers(x_shape, w_shape, _NHWC))
 
 
@@ -154,7 +155,8 @@ def _dilated_conv(x, w, padding, dilation, precision):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def kernel_conv(x, w, padding, dilation, precision=None):
   """A stride-1 NHWC conv whose forward and gradients are the C++ kernels (the input gradient XLA's where the
-  input channels are no multiple of 16)."""
+  input channels are no multiple of 16). `precision` reaches only XLA's part: the kernels sum float32 products in
+  float32, which is what every precision means for float32 on XLA:CPU."""
   return _kernel_forward(x, w, padding, dilation, precision)[0]
 
 
