@@ -35,6 +35,8 @@ Presets (`configs/adaptsegnet.py:NAME`, combine with commas, e.g. `:toy,single_l
                     multi-level 53.8 / 51.6 / 49.9 / 49.1, source_only 50.9 / 48.2 / 47.7 / 46.5, feature
                     (preset before the city's, so lambda 5e-4 holds) 51.4 / 49.7 / 48.0 / 46.6
   multiscale_flip   test at scales 0.7 / 1.0 / 1.3 plus flips (FADA's multi_scale_inference), any method
+  genmap            GenMap pixel weights (pixel-wise weighted DA, T 0.9, mu 0.1) on every target adversarial
+                    term, both levels; no paper row (combine freely, e.g. `:lsgan,genmap`)
   fada_adv_aug      FADA's source input: colour jitter + class-balanced sampling (docs/datasets.md)
   fada_sd_aug       FADA's self-distillation input: random scale 0.5-1.5 of the native image, 512x1024 crop,
                     flip, jitter, applied to the labelled (source) stream
@@ -135,6 +137,7 @@ PRESETS = {
     "toy": config_base.toy,
     **config_base.DATASET_PRESETS,
     **config_base.EVAL_PRESETS,
+    **config_base.COMBINATION_PRESETS,
     **config_base.AUGMENT_PRESETS,
     **{f"{space}_{v}": _sweep(space, v) for space in ("output", "feature") for v in SWEEP},
 }

@@ -41,7 +41,9 @@ Paper rows (ROWS below; published mIoU; each row's exact commands: `python -m ud
 Presets (combine with commas, e.g. `:synthia,vgg16,adv`): stages src / adv / sd; backbones resnet101 (default)
 / vgg16; pairs gta5 (default) / synthia / crosscity_{rome,rio,tokyo,taipei}; ablations hard (Table 5 hard
 labels), binary (Table 4/5 feature-level baseline with a binary domain discriminator), clip_{0.7,0.8,0.9,1.0}
-(Table 6); multiscale_flip (MST); toy. Every paper row is listed with its published mIoU and commands by
+(Table 6); multiscale_flip (MST); genmap (adv: GenMap pixel weights of the pixel-wise weighted paper, T 0.9,
+mu 0.1, on the fine-grained adversarial terms, `:adv,genmap`; no paper row); toy. Every paper row is listed
+with its published mIoU and commands by
   python -m uda_jax.tools.tables configs/fada.py [--table N] [--run ROOT | --collect ROOT]
 
 Where paper and official code differ, the default follows the code: segmentation CE on logits / T
@@ -166,6 +168,7 @@ PRESETS = {
     "toy": _toy,
     **config_base.DATASET_PRESETS,
     **config_base.EVAL_PRESETS,
+    **config_base.COMBINATION_PRESETS,
 }
 
 

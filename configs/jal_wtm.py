@@ -17,6 +17,8 @@ Presets (combine with commas, e.g. `:synthia,vgg16,jal`):
   Table 4    baseline (two-level AdaptSegNet) | jal | wtm_dec1 | wtm_dec2 | wtm_both | full (the default)
   Table 3    (VGG16, on the baseline) aspp_disc | disc_n{2,3,4} | disc_width{2,4}; source_only (Tables 1-2)
   original_decoder  also evaluate Dec2 beside DecT2 (column 'Dec2 mIoU')
+  genmap     GenMap pixel weights (pixel-wise weighted DA, T 0.9, mu 0.1) on every target adversarial term,
+             JAL's and WTM's included; no paper row (e.g. `:jal,genmap`; loss.gan='ls' for LS-GAN)
   toy        the embedded toy pair through the same code (README "Toy benchmark"):
     python -m uda_jax.main --config configs/jal_wtm.py:toy --workdir runs/toy_jal_wtm
 
@@ -107,7 +109,7 @@ PRESETS = {
     **{name: _components(*v) for name, v in COMPONENTS.items()},
     **{name: _disc(**v) for name, v in DISC_VARIANTS.items()},
     "source_only": _source_only, "original_decoder": _original_decoder, "toy": _toy,
-    "gta5": config_base.gta5, "synthia": config_base.synthia,
+    "gta5": config_base.gta5, "synthia": config_base.synthia, **config_base.COMBINATION_PRESETS,
 }
 
 

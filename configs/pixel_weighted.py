@@ -55,6 +55,7 @@ def _base():
   c.loss.lambda_seg_aux = 0.5
   c.loss.lambda_adv_main, c.loss.lambda_adv_aux = 5e-4, 2e-4
   c.loss.disc_real = "ensemble"
+  c.loss.genmap_weights = True
   c.eval.aux_weight = 0.5
   return c
 
@@ -63,7 +64,7 @@ def _mrnet(c):
   """MRNet alone, with its own adversarial weights."""
   c.method = "mrnet"
   c.loss.lambda_adv_main = 1e-3
-  c.loss.feature_disc = c.loss.dismap = False
+  c.loss.genmap_weights = c.loss.feature_disc = c.loss.dismap = False
   return c
 
 
@@ -77,6 +78,7 @@ def _genmap(threshold):
 
 def _source_only(c):
   c.method = "source_only"
+  c.loss.genmap_weights = False
   return c
 
 

@@ -46,6 +46,10 @@ def test_soft_cross_entropy_by_hand():
   np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets), (first + second) / 2, rtol=1e-6)
   mask = jnp.array([[[True, False]]])  # hard encodings: the mean runs over the kept pixels only
   np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets, mask), first, rtol=1e-6)
+  weight = jnp.array([[[2.0, 3.0]]])  # GenMap weights multiply each pixel's term inside the (masked) mean
+  np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets, None, None, weight),
+                             (2 * first + 3 * second) / 2, rtol=1e-6)
+  np.testing.assert_allclose(losses.soft_cross_entropy(logits, targets, mask, None, weight), 2 * first, rtol=1e-6)
 
 
 def _toy(encoding="soft"):

@@ -15,7 +15,7 @@ import pixel_weighted as config_module
 from step_utils import init, random_batch
 from uda_jax import losses, methods, models, optim, steps
 from uda_jax.errors import UserError
-from uda_jax.methods import adaptsegnet, mrnet, pixel_weighted
+from uda_jax.methods import adaptsegnet, mrnet, pixel_weighted, pixel_weights
 from uda_jax.models.discriminators import FeatureDiscriminator
 from uda_jax.ops import resize_bilinear
 
@@ -52,12 +52,12 @@ def test_genmap_matches_eq_3_with_mu_at_the_threshold_edge():
   z = jnp.asarray([[[[3.0, 0.0, 0.0], [0.2, 0.0, 0.1], [1.0, 1.0, 1.0]]]])  # [1, 1, 3, 3]
   p = np.max(np.asarray(jax.nn.softmax(z, -1)), -1)[0, 0]
   t = float(p[0])  # the first pixel sits exactly at T: not above it, so the exp branch
-  got = np.asarray(pixel_weighted.genmap(z, t, 0.1))[0, 0]
+  got = np.asarray(pixel_weights.genmap(z, t, 0.1))[0, 0]
   np.testing.assert_allclose(got, np.exp(-p) + 0.1, rtol=1e-6)
-  got = np.asarray(pixel_weighted.genmap(z, 0.5, 0.1))[0, 0]  # only the first pixel (p* = 0.909) is above 0.5
+  got = np.asarray(pixel_weights.genmap(z, 0.5, 0.1))[0, 0]  # only the first pixel (p* = 0.909) is above 0.5
   np.testing.assert_allclose(got, [0.01 + 0.1, np.exp(-p[1]) + 0.1, np.exp(-p[2]) + 0.1], rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(pixel_weighted.genmap(z, 1.0, 0.0))[0, 0], np.exp(-p), rtol=1e-6)
-  grad = jax.grad(lambda z: jnp.sum(pixel_weighted.genmap(z, 0.5, 0.1) * jnp.arange(3.0)))(z)
+  np.testing.assert_allclose(np.asarray(pixel_weights.genmap(z, 1.0, 0.0))[0, 0], np.exp(-p), rtol=1e-6)
+  grad = jax.grad(lambda z: jnp.sum(pixel_weights.genmap(z, 0.5, 0.1) * jnp.arange(3.0)))(z)
   assert not np.any(np.asarray(grad))  # stop-gradient
 
 
@@ -110,7 +110,7 @@ def test_dismap_multiplies_genmap_in_the_target_terms_only(config, monkeypatch):
     monkeypatch.setattr(adaptsegnet, "output_space", spy)
     pixel_weighted.losses(params, states, batch, jax.random.key(0), config, "data")
     out_t, d = seen["out_t"], states["d_feat"]
-    gen = pixel_weighted.genmap(adaptsegnet.ensemble_logits(out_t), 0.9, 0.1)
+    gen = pixel_weights.genmap(adaptsegnet.ensemble_logits(out_t), 0.9, 0.1)
     dis = jax.nn.sigmoid(d.apply_fn({"params": d.params}, out_t["features"], (64, 64)))[..., 0]
     assert seen["weight_disc"] is True
     return seen["weights"]["main"], seen["weights"]["aux"], gen * dis, jax.nn.softmax(out_t["main"], -1)
@@ -255,7 +255,7 @@ def test_visual_maps_are_the_weights_in_evaluation_mode(config):
   assert [maps[k][1] for k in maps] == [1.1, 1.0, 1.1]
   seg, d = states["seg"], states["d_feat"]
   out = seg.apply_fn({"params": seg.params, "batch_stats": seg.batch_stats}, batch["target_image"], train=False)
-  gen = pixel_weighted.genmap(resize_bilinear(adaptsegnet.ensemble_logits(out), (64, 64)), 0.9, 0.1)
+  gen = pixel_weights.genmap(resize_bilinear(adaptsegnet.ensemble_logits(out), (64, 64)), 0.9, 0.1)
   dis = jax.nn.sigmoid(d.apply_fn({"params": d.params}, out["features"], (64, 64)))[..., 0]
   np.testing.assert_allclose(maps["genmap"][0], gen, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(maps["dismap"][0], dis, rtol=1e-5, atol=1e-6)

@@ -97,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Pixel-wise weighted DA (methods/pixel_weighted.py): GenMap threshold T and mu (eq. 3-4), computed from the
   # ensemble prediction or each level's; the feature discriminator D_aux (eq. 5, 8) and its DisMap (eq. 6);
   # target weights also in D's loss; where weights meet D's coarse output ('image' | 'disc', see the method).
+  # loss.genmap_weights: GenMap on the target adversarial terms of adaptsegnet / mrnet / jal_wtm / fada too
+  # (methods/pixel_weights.py; always on in pixel_weighted).
+  c.loss.genmap_weights = False
   c.loss.genmap_threshold = 0.9
   c.loss.genmap_mu = 0.1
   c.loss.genmap_from = "ensemble"
@@ -329,8 +332,16 @@ def multiscale_flip(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def genmap_weights(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """GenMap pixel weights (the pixel-wise weighted paper's eq. 3-4, T 0.9, mu 0.1) on the scheme's target
+  adversarial terms (methods/pixel_weights.py): a combination no paper ran."""
+  c.loss.genmap_weights = True
+  return c
+
+
 CROSSCITY_CITIES = ("rome", "rio", "tokyo", "taipei")
 EVAL_PRESETS = {"multiscale_flip": multiscale_flip}
+COMBINATION_PRESETS = {"genmap": genmap_weights}
 AUGMENT_PRESETS = {"fada_adv_aug": fada_adversarial_aug, "fada_sd_aug": fada_self_distill_aug}
 DATASET_PRESETS = {"gta5": gta5, "synthia": synthia, "synscapes": synscapes,
                    **{f"crosscity_{city}": crosscity(city) for city in CROSSCITY_CITIES}}

@@ -71,9 +71,11 @@ def area_resize(x, size):
   return jax.image.resize(x, (n, ho, wo, c), "linear", antialias=True)
 
 
-def soft_cross_entropy(logits, targets, mask=None, axis_name=None):
+def soft_cross_entropy(logits, targets, mask=None, axis_name=None, weight=None):
   """Cross-entropy against a target distribution per pixel: mean over pixels (those in `mask`, default all) of
   -sum_c targets_c log_softmax(logits)_c, over every channel of `logits` [N,H,W,C] (FADA's
-  soft_label_cross_entropy; targets need not sum to 1)."""
+  soft_label_cross_entropy; targets need not sum to 1). `weight` [N,H,W] (stop-gradient) multiplies each pixel's
+  term inside that mean."""
   nll = -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+  nll = nll if weight is None else nll * weight
   return masked_mean(nll, jnp.ones(nll.shape, bool) if mask is None else mask, axis_name)

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 from uda_jax import evaluate, models
 from uda_jax import parallel
 from uda_jax.errors import UserError
+from uda_jax.methods import pixel_weights
 from uda_jax.tools import init_from
 from uda_jax.parallel import AXIS
 
@@ -16,6 +17,7 @@ from uda_jax.parallel import AXIS
 def init_states(config, method, mesh, batch_shapes, pretrained: bool = True):
   """All train states of `method`, initialised from (seed) and replicated over the mesh, then, if `pretrained`,
   loaded from config.init_from (skip that when a checkpoint of the run itself will be restored)."""
+  pixel_weights.check(config)
   shapes = {k: (1, *v[1:]) for k, v in batch_shapes.items()}
   shapes["axis_name"] = parallel.AXIS
   rng = jax.random.key(config.seed)

@@ -10,6 +10,7 @@ disc.count > 1 puts that many discriminators on the main level (JAL + WTM Table 
 Each entry of the returned dict is the loss of the state of that name and nothing else: the
 stop_gradients below make the gradient of the summed losses route each term to exactly one state.
 The pieces (`forward`, `fool`, `discriminator_loss`, `output_space`) are what JAL + WTM builds on.
+loss.genmap_weights=True weights every target term per pixel by GenMap (methods/pixel_weights.py).
 """
 
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 from uda_jax import models
 from uda_jax.errors import UserError
 from uda_jax.losses import SOURCE, TARGET, gan_loss
-from uda_jax.methods import common
+from uda_jax.methods import common, pixel_weights
 
 
 def disc_names(config, level) -> list[str]:
@@ -115,6 +116,8 @@ def output_space(params, states, out_s, out_t, config, weight_t=None, weight_dis
     adv = fool(states, params, names, p_t, cfg.gan, w, grid)
     adv_total += lambda_adv[level] * adv
     metrics[f"adv_{level}"] = adv
+    if w is not None and level == "main":
+      metrics["weight_mean"] = jnp.mean(w)
     for n in names:
       per_disc[n], metrics[f"{n}_acc"] = discriminator_loss(states[n], params[n], p_s, p_t, cfg.gan,
                                                             w if weight_disc else None, grid)
@@ -123,5 +126,6 @@ def output_space(params, states, out_s, out_t, config, weight_t=None, weight_dis
 
 def losses(params, states, batch, rng, config, axis_name=None):
   out_s, out_t, stats, l_seg, metrics = forward(params, states, batch, config, axis_name, rng)
-  adv, per_disc, adv_metrics = output_space(params, states, out_s, out_t, config)
+  adv, per_disc, adv_metrics = output_space(params, states, out_s, out_t, config,
+                                            pixel_weights.target_weights(out_t, config), config.loss.weight_disc)
   return {"seg": l_seg + adv, **per_disc}, {"batch_stats": stats, "metrics": {**metrics, **adv_metrics}}

@@ -8,7 +8,9 @@ G = C o F (DeepLab-v2, features f = layer4 / VGG fc7); D the fine-grained discri
                  binary a = 1 (K = 1 per domain: the traditional discriminator of eq. 1 / 4)
   discriminator  L_D = 0.5 SCE(D(f_s), [a_s|0]) + 0.5 SCE(D(f_t), [0|a_t])            eq. 5, f detached
   segmenter      L_seg(z_s / T, y_s) + lambda_adv SCE(D(f_t), [a_t|0])                eq. 2, 3, 6, D frozen
-SCE is the cross-entropy against a target distribution over all 2K channels, averaged over pixels. As run,
+SCE is the cross-entropy against a target distribution over all 2K channels, averaged over pixels; with
+loss.genmap_weights it weights each target pixel by GenMap (methods/pixel_weights.py: in eq. 6 and, with
+loss.weight_disc, in eq. 5's target half). As run,
 the segmentation loss is on the temperature-scaled source logits (loss.seg_on_scaled_logits=False: the
 plain logits of eq. 3). Every loss comes from one forward before any update, which is exactly the official
 order (its D losses use the features computed before fe.step() and the D weights before D.step()).
@@ -19,7 +21,7 @@ import jax.numpy as jnp
 
 from uda_jax import losses as L
 from uda_jax.errors import UserError
-from uda_jax.methods import common
+from uda_jax.methods import common, pixel_weights
 
 ENCODINGS = ("soft", "hard", "binary")
 DISC = "d_main"
@@ -69,19 +71,22 @@ def losses(params, states, batch, rng, config, axis_name=None):
   z_s = out_s["main"] / cfg.temperature if cfg.seg_on_scaled_logits else out_s["main"]
   ce = L.cross_entropy(z_s, batch["source_label"], axis_name)  # eq. 3
   (a_s, m_s), (a_t, m_t) = domain_knowledge(out_s["main"], cfg), domain_knowledge(out_t["main"], cfg)
+  w_t = (pixel_weights.target_weights(out_t, config) or {}).get("main")  # GenMap, if loss.genmap_weights
 
   # Eq. 6: target features should read as source of their class; D frozen, gradients reach G only.
   d_frozen = d.apply_fn({"params": common.stop(params[DISC])}, out_t["features"], size[1])
-  adv = L.soft_cross_entropy(d_frozen, encode(a_t, L.SOURCE), m_t, axis_name)
+  adv = L.soft_cross_entropy(d_frozen, encode(a_t, L.SOURCE), m_t, axis_name, w_t)
   # Eq. 5 on detached features: gradients reach D only.
   d_s = d.apply_fn({"params": params[DISC]}, jax.lax.stop_gradient(out_s["features"]), size[0])
   d_t = d.apply_fn({"params": params[DISC]}, jax.lax.stop_gradient(out_t["features"]), size[1])
   l_d = (0.5 * L.soft_cross_entropy(d_s, encode(a_s, L.SOURCE), m_s, axis_name)
-         + 0.5 * L.soft_cross_entropy(d_t, encode(a_t, L.TARGET), m_t, axis_name))
+         + 0.5 * L.soft_cross_entropy(d_t, encode(a_t, L.TARGET), m_t, axis_name, w_t if cfg.weight_disc else None))
 
   source_mass = lambda logits: jnp.sum(jax.nn.softmax(logits, -1)[..., :logits.shape[-1] // 2], -1)
   metrics = {"seg_main": ce, "adv_main": adv,
              f"{DISC}_acc": 0.5 * (jnp.mean(source_mass(d_s) > 0.5) + jnp.mean(source_mass(d_t) < 0.5))}
+  if w_t is not None:
+    metrics["weight_mean"] = jnp.mean(w_t)
   if m_t is not None:
     metrics["encoding_kept"] = 0.5 * (jnp.mean(m_s) + jnp.mean(m_t))
   per_state = {"seg": cfg.lambda_seg_main * ce + cfg.lambda_adv_main * adv, DISC: l_d}

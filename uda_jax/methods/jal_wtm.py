@@ -18,7 +18,8 @@ L is AdaptSegNet's loss (BCE, eq. 2-3; loss.gan='ls' for least squares). The pap
   same stop-gradient (trained by eq. 9 only with wtm_to_decoder). WTM itself is a 1x1 conv without bias.
 - lambda_jal (loss.lambda_adv_jal) is not given: lambda^2_adv (1e-3), the weight of Dec2's other adversarial term.
 - Table 4's "JAL" column is eq. 5. Eq. 9 at i = 2 (Dwtm, trained on Dec1's maps, judging DecT2) is part of WTM.
-Evaluation and --mode=predict use DecT2 when Dec2 has a WTM (`inference_segmenters`; eval.original_decoder
+loss.genmap_weights=True weights every target term (eq. 2-5, 8, 9; the transferred maps by their level's weights)
+per pixel by GenMap (methods/pixel_weights.py). Evaluation and --mode=predict use DecT2 when Dec2 has a WTM (`inference_segmenters`; eval.original_decoder
 adds Dec2 as a column). Every loss comes from one forward before any update (there is no official code).
 """
 
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 
 from uda_jax import models, optim, state as state_lib
 from uda_jax.errors import UserError
-from uda_jax.methods import adaptsegnet, common
+from uda_jax.methods import adaptsegnet, common, pixel_weights
 from uda_jax.ops import resize_bilinear
 
 LEVELS = ("aux", "main")  # Dec1, Dec2
@@ -85,10 +86,15 @@ def transferred_logits(params, outputs, level, config, size):
 def losses(params, states, batch, rng, config, axis_name=None):
   cfg = config.loss
   out_s, out_t, stats, l_seg, metrics = adaptsegnet.forward(params, states, batch, config, axis_name, rng)  # eq. 1, 4
-  adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config)  # eq. 2-4
+  w = pixel_weights.target_weights(out_t, config) or {}  # GenMap per level (loss.genmap_weights), else none
+  w_disc = w if cfg.weight_disc else {}
+  adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config, w or None,
+                                                        cfg.weight_disc)  # eq. 2-4
   per_state, metrics = {"seg": l_seg + adv, **per_disc}, {**metrics, **adv_metrics}
+  grid = cfg.weight_grid
   if cfg.jal:  # eq. 5: Dec2's target map must also fool D1
-    metrics["adv_jal"] = adaptsegnet.fool(states, params, ["d_aux"], jax.nn.softmax(out_t["main"], -1), cfg.gan)
+    metrics["adv_jal"] = adaptsegnet.fool(states, params, ["d_aux"], jax.nn.softmax(out_t["main"], -1), cfg.gan,
+                                          w.get("main"), grid)
     per_state["seg"] += cfg.lambda_adv_jal * metrics["adv_jal"]
   if cfg.wtm_levels:
     size_s, size_t = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
@@ -96,11 +102,11 @@ def losses(params, states, batch, rng, config, axis_name=None):
     low = "aux" if "aux" in cfg.wtm_levels else "main"
     p_s = jax.nn.softmax(transferred_logits(params, out_s, low, config, size_s), -1)
     per_state[D_WTM], metrics[f"{D_WTM}_acc"] = adaptsegnet.discriminator_loss(
-        states[D_WTM], params[D_WTM], p_s, p_t[low], cfg.gan)  # eq. 8
+        states[D_WTM], params[D_WTM], p_s, p_t[low], cfg.gan, w_disc.get(low), grid)  # eq. 8
     lambda_wtm = {"main": cfg.lambda_adv_wtm_main, "aux": cfg.lambda_adv_wtm_aux}
     per_state["wtm"] = 0.0
     for level, p in p_t.items():  # eq. 9
-      metrics[f"adv_wtm_{level}"] = adaptsegnet.fool(states, params, [D_WTM], p, cfg.gan)
+      metrics[f"adv_wtm_{level}"] = adaptsegnet.fool(states, params, [D_WTM], p, cfg.gan, w.get(level), grid)
       per_state["wtm"] += lambda_wtm[level] * metrics[f"adv_wtm_{level}"]
       m = jax.lax.stop_gradient(params["wtm"][level]["kernel"])  # how far WTM_i has moved from identity
       metrics[f"wtm_{level}_shift"] = jnp.max(jnp.abs(m - jnp.eye(m.shape[0], dtype=m.dtype)))

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from uda_jax import losses as L
 from uda_jax.errors import UserError
-from uda_jax.methods import adaptsegnet
+from uda_jax.methods import adaptsegnet, pixel_weights
 
 
 def check(config):
@@ -42,7 +42,9 @@ def memory_regularisation(out_t, step, config, axis_name=None):
 
 def losses(params, states, batch, rng, config, axis_name=None):
   out_s, out_t, stats, l_seg, metrics = adaptsegnet.forward(params, states, batch, config, axis_name, rng)
-  adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config)
+  adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config,
+                                                        pixel_weights.target_weights(out_t, config),
+                                                        config.loss.weight_disc)
   metrics["memory"] = memory_regularisation(out_t, states["seg"].step, config, axis_name)
   seg = l_seg + adv + config.loss.lambda_memory * metrics["memory"]
   return {"seg": seg, **per_disc}, {"batch_stats": stats, "metrics": {**metrics, **adv_metrics}}

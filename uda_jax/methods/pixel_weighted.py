@@ -3,7 +3,8 @@ adversarial terms are weighted per target pixel. No public code exists; this fol
 
 G = C o F is MRNet's segmenter, D the five-conv output-space discriminator per level, D_aux three 1x1 convs
 (LeakyReLU 0.2) and a 1x1 classifier on F's features (MRNet's main-decoder input). p*_t = max softmax of the
-target prediction (loss.genmap_from: MRNet's ensemble 0.5 z_aux + z_main, or each level's own map):
+target prediction (loss.genmap_from: MRNet's ensemble 0.5 z_aux + z_main, or each level's own map); GenMap is
+methods/pixel_weights.py, which the other output- and feature-level schemes take too (loss.genmap_weights):
   GenMap    d = 0.01 where p*_t > T, exp(-p*_t) elsewhere, stop-gradient                   eq. 3, T = 0.9
   weights   w = (d + mu) [x sigmoid(D_aux(F(x_t))), stop-gradient: DisMap]               eq. 4 / eq. 6
   D_aux     0.5 BCE(D_aux(F_s), 0) + 0.5 BCE(D_aux(F_t), 1), detached features            eq. 5, min in eq. 9
@@ -28,24 +29,21 @@ import numpy as np
 
 from uda_jax.errors import UserError
 from uda_jax.losses import SOURCE, TARGET, gan_loss
-from uda_jax.methods import adaptsegnet, common, mrnet
+from uda_jax.methods import adaptsegnet, common, mrnet, pixel_weights
 from uda_jax.ops import resize_bilinear
 
 D_FEAT = "d_feat"
-GENMAP_FROM = ("ensemble", "level")
 
 
 def check(config):
   mrnet.check(config)
   cfg = config.loss
-  if not 0.0 < cfg.genmap_threshold <= 1.0:
-    raise UserError(f"loss.genmap_threshold={cfg.genmap_threshold!r}: T must lie in (0, 1] (1 = no protection)")
-  if cfg.genmap_mu < 0:
-    raise UserError(f"loss.genmap_mu={cfg.genmap_mu!r}: mu must be >= 0")
+  if not cfg.genmap_weights:
+    raise UserError("method 'pixel_weighted' always weights by GenMap (loss.genmap_weights=False): for MRNet "
+                    "without weights use method 'mrnet' (configs/pixel_weighted.py:mrnet)")
+  pixel_weights.check(config)
   if cfg.dismap and not cfg.feature_disc:
     raise UserError("loss.dismap=True needs the feature-space discriminator D_aux: set loss.feature_disc=True")
-  if cfg.genmap_from not in GENMAP_FROM:
-    raise UserError(f"loss.genmap_from={cfg.genmap_from!r}: choose one of {', '.join(GENMAP_FROM)}")
   if cfg.weight_grid not in ("image", "disc"):
     raise UserError(f"loss.weight_grid={cfg.weight_grid!r}: choose 'image' or 'disc'")
 
@@ -58,12 +56,6 @@ def create_states(config, rng, shapes):
     states[D_FEAT] = common.create_discriminator_state(config, jax.random.fold_in(rng, 3), feature_shape,
                                                        arch="feature")
   return states
-
-
-def genmap(logits, threshold, mu):
-  """Eq. 3 plus mu (eq. 4): d + mu per pixel [N,H,W] from logits [N,H,W,C], stop-gradient."""
-  p_max = jnp.max(jax.nn.softmax(jax.lax.stop_gradient(logits), axis=-1), axis=-1)
-  return jnp.where(p_max > threshold, 0.01, jnp.exp(-p_max)) + mu
 
 
 def feature_disc(state, d_params, features, size, config):
@@ -90,12 +82,10 @@ def losses(params, states, batch, rng, config, axis_name=None):
     l_seg = l_seg + cfg.lambda_adv_feat * metrics["adv_feat"]
     if cfg.dismap:  # target membership, at image pixels
       dismap = resize_bilinear(jax.nn.sigmoid(jax.lax.stop_gradient(z_t)), size)[..., 0]
-  weights = {level: genmap(adaptsegnet.ensemble_logits(out_t) if cfg.genmap_from == "ensemble" else out_t[level],
-                           cfg.genmap_threshold, cfg.genmap_mu) * dismap  # eq. 4 / eq. 6
-             for level in common.levels(config)}
+  weights = {level: w * dismap for level, w in pixel_weights.target_weights(out_t, config).items()}  # eq. 4 / 6
   adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config, weights,
                                                         cfg.weight_disc)
-  metrics.update(adv_metrics, weight_mean=jnp.mean(weights["main"]))
+  metrics.update(adv_metrics)
   return {"seg": l_seg + adv, **per_disc, **per_state}, {"batch_stats": stats, "metrics": metrics}
 
 
@@ -104,9 +94,8 @@ def weight_maps(seg_state, d_feat_state, image, config):
   variables = {"params": seg_state.params, "batch_stats": seg_state.batch_stats}
   out = seg_state.apply_fn(variables, image, train=False)
   size = image.shape[1:3]
-  z = resize_bilinear(adaptsegnet.ensemble_logits(out) if config.loss.genmap_from == "ensemble" else out["main"],
-                      size)
-  maps = {"genmap": genmap(z, config.loss.genmap_threshold, config.loss.genmap_mu)}
+  z = resize_bilinear(pixel_weights.genmap_logits(out, "main", config.loss.genmap_from), size)
+  maps = {"genmap": pixel_weights.genmap(z, config.loss.genmap_threshold, config.loss.genmap_mu)}
   if d_feat_state is not None and config.loss.dismap:
     z_d = feature_disc(d_feat_state, d_feat_state.params, out["features"], size, config)
     maps["dismap"] = resize_bilinear(jax.nn.sigmoid(z_d), size)[..., 0]
