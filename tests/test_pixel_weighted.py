@@ -263,7 +263,11 @@ def test_visual_maps_are_the_weights_in_evaluation_mode(config):
   config.loss.dismap = False
   assert list(methods.visual_maps(config, states, images)) == ["genmap"]
   assert methods.visual_maps(config, states, []) == {}
-  config.method = "mrnet"  # schemes without weights draw none
+  config.method = "mrnet"  # another scheme with GenMap weights (loss.genmap_weights) draws them alike
+  maps = methods.visual_maps(config, states, images)
+  assert list(maps) == ["genmap"] and maps["genmap"][1] == 1.1
+  np.testing.assert_allclose(maps["genmap"][0], gen, rtol=1e-5, atol=1e-6)
+  config.loss.genmap_weights = False  # schemes without weights draw none
   assert methods.visual_maps(config, states, images) == {}
 
 

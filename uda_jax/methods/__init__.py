@@ -33,7 +33,13 @@ def visual_maps(config, states, images) -> dict:
   """{name: ([N, H, W] values, vmax)}: per-pixel maps of what the scheme weights by, for the first evaluation
   images (drawn as heat maps beside the prediction panels); {} for schemes without any."""
   module = get(config.method)
-  return module.visual_maps(config, states, images) if hasattr(module, "visual_maps") and len(images) else {}
+  if not len(images):
+    return {}
+  if hasattr(module, "visual_maps"):
+    return module.visual_maps(config, states, images)
+  if config.loss.get("genmap_weights", False):  # another scheme with GenMap weights: draw them the same way
+    return get("pixel_weighted").visual_maps(config, states, images)
+  return {}
 
 
 def reconstructions(config, states, batch):
