@@ -119,21 +119,16 @@ def test_target_weights_are_genmap_of_the_ensemble_or_each_level():
   np.testing.assert_array_equal(got["main"], pixel_weights.genmap(out["main"], 0.5, 0.1))
 
 
-def test_schemes_the_weights_do_not_fit_refuse_them_in_one_line():
-  batch = random_batch(batch=1, h=32, w=32)
-  c = adaptsegnet_config.get_config("toy,source_only")
-  c.model.width, c.loss.genmap_weights = 8, True
-  with pytest.raises(UserError, match="not of method 'source_only'"):
-    init(c, batch)
-  c = lsdseg_config.get_config("toy")
-  c.loss.genmap_weights = True
-  with pytest.raises(UserError, match="not of method 'lsdseg'"):
-    init(c, batch)
-  c = _config("adaptsegnet")
-  c.loss.genmap_weights, c.loss.genmap_mu = True, -1.0
-  with pytest.raises(UserError, match="loss.genmap_mu=-1.0: mu must be >= 0"):
-    init(c, batch)
-  c = pixel_weighted_config.get_config("toy")
-  c.loss.genmap_weights = False
-  with pytest.raises(UserError, match="always weights by GenMap"):
-    init(c, batch)
+@pytest.mark.parametrize("make, fields, message", [
+    (lambda: adaptsegnet_config.get_config("toy,source_only"), {"genmap_weights": True},
+     "not of method 'source_only'"),
+    (lambda: lsdseg_config.get_config("toy"), {"genmap_weights": True}, "not of method 'lsdseg'"),
+    (lambda: _config("adaptsegnet"), {"genmap_weights": True, "genmap_mu": -1.0},
+     "loss.genmap_mu=-1.0: mu must be >= 0"),
+    (lambda: pixel_weighted_config.get_config("toy"), {"genmap_weights": False}, "always weights by GenMap")])
+def test_schemes_the_weights_do_not_fit_refuse_them_in_one_line(make, fields, message):
+  c = make()
+  c.model.width = 8
+  c.loss.update(fields)
+  with pytest.raises(UserError, match=message):
+    init(c, random_batch(batch=1, h=32, w=32))
