@@ -94,7 +94,7 @@ def test_weights_carry_no_gradient_into_the_segmenter_from_a_discriminator(schem
 
   params = {k: s.params for k, s in states.items()}
   grads, mean = jax.jit(jax.grad(d_loss, has_aux=True))(params)
-  assert 0.11 < float(mean) < 1.1 - 1e-3  # not every pixel in one branch
+  assert 0.11 < float(mean) < 1.1 - 1e-3  # weights that are neither all 0.01 + mu nor all 1 + mu
   assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads["seg"]))
   assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["d_main"]))
 
@@ -125,6 +125,7 @@ def test_target_weights_are_genmap_of_the_ensemble_or_each_level():
     (lambda: lsdseg_config.get_config("toy"), {"genmap_weights": True}, "not of method 'lsdseg'"),
     (lambda: _config("adaptsegnet"), {"genmap_weights": True, "genmap_mu": -1.0},
      "loss.genmap_mu=-1.0: mu must be >= 0"),
+    (lambda: _config("jal_wtm"), {"genmap_weights": True, "weight_grid": "patch"}, "loss.weight_grid='patch'"),
     (lambda: pixel_weighted_config.get_config("toy"), {"genmap_weights": False}, "always weights by GenMap")])
 def test_schemes_the_weights_do_not_fit_refuse_them_in_one_line(make, fields, message):
   c = make()

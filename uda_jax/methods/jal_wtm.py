@@ -18,8 +18,9 @@ L is AdaptSegNet's loss (BCE, eq. 2-3; loss.gan='ls' for least squares). The pap
   same stop-gradient (trained by eq. 9 only with wtm_to_decoder). WTM itself is a 1x1 conv without bias.
 - lambda_jal (loss.lambda_adv_jal) is not given: lambda^2_adv (1e-3), the weight of Dec2's other adversarial term.
 - Table 4's "JAL" column is eq. 5. Eq. 9 at i = 2 (Dwtm, trained on Dec1's maps, judging DecT2) is part of WTM.
-loss.genmap_weights=True weights every target term (eq. 2-5, 8, 9; the transferred maps by their level's weights)
-per pixel by GenMap (methods/pixel_weights.py). Evaluation and --mode=predict use DecT2 when Dec2 has a WTM (`inference_segmenters`; eval.original_decoder
+loss.genmap_weights=True weights every target term (eq. 2-5, 8, 9; the transferred maps by their level's
+weights) per pixel by GenMap (methods/pixel_weights.py).
+Evaluation and --mode=predict use DecT2 when Dec2 has a WTM (`inference_segmenters`; eval.original_decoder
 adds Dec2 as a column). Every loss comes from one forward before any update (there is no official code).
 """
 

@@ -44,8 +44,6 @@ def check(config):
   pixel_weights.check(config)
   if cfg.dismap and not cfg.feature_disc:
     raise UserError("loss.dismap=True needs the feature-space discriminator D_aux: set loss.feature_disc=True")
-  if cfg.weight_grid not in ("image", "disc"):
-    raise UserError(f"loss.weight_grid={cfg.weight_grid!r}: choose 'image' or 'disc'")
 
 
 def create_states(config, rng, shapes):

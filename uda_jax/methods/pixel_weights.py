@@ -37,6 +37,8 @@ def check(config):
     raise UserError(f"loss.genmap_mu={cfg.genmap_mu!r}: mu must be >= 0")
   if cfg.genmap_from not in GENMAP_FROM:
     raise UserError(f"loss.genmap_from={cfg.genmap_from!r}: choose one of {', '.join(GENMAP_FROM)}")
+  if cfg.weight_grid not in ("image", "disc"):  # FADA's D answers at image size: the grid does not arise there
+    raise UserError(f"loss.weight_grid={cfg.weight_grid!r}: choose 'image' or 'disc'")
 
 
 def genmap(logits, threshold, mu):
