@@ -89,7 +89,7 @@ def losses(params, states, batch, rng, config, axis_name=None):
   out_s, out_t, stats, l_seg, metrics = adaptsegnet.forward(params, states, batch, config, axis_name, rng)  # eq. 1, 4
   w = pixel_weights.target_weights(out_t, config) or {}  # GenMap per level (loss.genmap_weights), else none
   w_disc = w if cfg.weight_disc else {}
-  adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config, w or None,
+  adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config, w,
                                                         cfg.weight_disc)  # eq. 2-4
   per_state, metrics = {"seg": l_seg + adv, **per_disc}, {**metrics, **adv_metrics}
   grid = cfg.weight_grid

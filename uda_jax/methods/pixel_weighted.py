@@ -41,7 +41,6 @@ def check(config):
   if not cfg.genmap_weights:
     raise UserError("method 'pixel_weighted' always weights by GenMap (loss.genmap_weights=False): for MRNet "
                     "without weights use method 'mrnet' (configs/pixel_weighted.py:mrnet)")
-  pixel_weights.check(config)
   if cfg.dismap and not cfg.feature_disc:
     raise UserError("loss.dismap=True needs the feature-space discriminator D_aux: set loss.feature_disc=True")
 
