@@ -133,3 +133,42 @@ def test_schemes_the_weights_do_not_fit_refuse_them_in_one_line(make, fields, me
   c.loss.update(fields)
   with pytest.raises(UserError, match=message):
     init(c, random_batch(batch=1, h=32, w=32))
+
+
+# Which level's weights each loss and metric may depend on (the rest: neither). JAL's eq. 5 fools D1 with Dec2's
+# map, so it takes Dec2's ('main') weights; Dwtm is trained on the lowest transferred level (Dec1, 'aux').
+_PER_LEVEL = {
+    "adaptsegnet": {"adv_main": {"main"}, "adv_aux": {"aux"}, "loss_d_main": {"main"}, "loss_d_aux": {"aux"},
+                    "loss_seg": {"main", "aux"}, "weight_mean": {"main"}},
+    "jal_wtm": {"adv_main": {"main"}, "adv_aux": {"aux"}, "loss_d_main": {"main"}, "loss_d_aux": {"aux"},
+                "adv_jal": {"main"}, "loss_seg": {"main", "aux"}, "weight_mean": {"main"}, "loss_d_wtm": {"aux"},
+                "adv_wtm_main": {"main"}, "adv_wtm_aux": {"aux"}, "loss_wtm": {"main", "aux"}},
+    "fada": {"adv_main": {"main"}, "loss_seg": {"main"}, "loss_d_main": {"main"}, "weight_mean": {"main"}},
+}
+_PER_LEVEL["mrnet"] = _PER_LEVEL["adaptsegnet"]
+
+
+@pytest.mark.parametrize("scheme", sorted(_PER_LEVEL))
+def test_each_term_takes_its_own_levels_weights(scheme, monkeypatch):
+  """Distinct constant weights per level, moved one level at a time: each term moves with exactly the level whose
+  map it judges (a main / aux swap anywhere, the segmenter's or a discriminator's side, fails)."""
+  c = _config(scheme)
+  c.loss.genmap_weights = True
+  batch = random_batch(batch=2, h=64, w=64, classes=c.model.num_classes)
+  _, mesh, states = init(c, batch)
+  n, h, w = batch["target_image"].shape[:3]
+
+  def run(main, aux):
+    const = {"main": main, "aux": aux}
+    monkeypatch.setattr(pixel_weights, "target_weights",
+                        lambda out_t, config: {l: np.full((n, h, w), const[l], np.float32) for l in out_t
+                                               if l in const})
+    return _all_losses(c, states, batch, mesh)
+
+  base, main_moved, aux_moved = run(1.0, 1.5), run(2.0, 1.5), run(1.0, 3.0)
+  expected = _PER_LEVEL[scheme]
+  assert set(expected) <= set(base), sorted(set(expected) - set(base))
+  for k, v in base.items():
+    moved = {l for l, other in (("main", main_moved), ("aux", aux_moved))
+             if not np.isclose(other[k], v, rtol=1e-6, atol=1e-7)}
+    assert moved == expected.get(k, set()), (k, moved)
