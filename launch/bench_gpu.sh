@@ -8,6 +8,8 @@
 #   bash launch/bench_gpu.sh last       # pixel-weighted; FADA 1+1 vs PyTorch; FADA 2+2 buffer assignment; remat
 #   BUDGET=540 bash launch/bench_gpu.sh lease   # one short lease: FADA 2+2 fp32 vs PyTorch, pixel-weighted,
 #                                       # FADA bf16 vs PyTorch, AdaptSegNet fp32 vs PyTorch, while time is left
+#   BUDGET=540 bash launch/bench_gpu.sh profile # where the time goes, ours and PyTorch's kernels side by side:
+#                                       # AdaptSegNet fp32, FADA 2+2 bf16 (--profile; traces in $PROFILES)
 #
 # Logs go to $OUT (or ./bench_logs). JAX does not preallocate, so that PyTorch, timed after it in the same
 # process, finds the memory JAX's step did not use; each run has a time limit (LIMIT, seconds, default 400:
@@ -69,5 +71,13 @@ case "${1:-compare}" in
       --config.data.batch_size=2 --config.model.dtype=bfloat16
     run asn_f32 --config configs/adaptsegnet.py "${big[@]}" --steps 10 --compare_torch
     ;;
-  *) echo "unknown part '$1' (compare | fada | memory | last | lease)" >&2; exit 2 ;;
+  profile)  # the tables go to the logs; the traces (tens of MB) to $PROFILES, outside $out
+    p=${PROFILES:-/tmp/uda_jax_profiles}
+    run asn_f32_profile --config configs/adaptsegnet.py "${big[@]}" --steps 5 --compare_torch \
+      --profile "$p/asn_f32" --profile_steps 3
+    LIMIT=${LIMIT:-230} run fada_bf16_profile --config configs/fada.py:adv "${big[@]}" --steps 3 --compare_torch \
+      --config.data.batch_size=2 --config.model.dtype=bfloat16 --profile "$p/fada_bf16" --profile_steps 2
+    grep -h -A 40 -E '^(torch )?profile: ' "$out"/*_profile.log
+    ;;
+  *) echo "unknown part '$1' (compare | fada | memory | last | lease | profile)" >&2; exit 2 ;;
 esac

@@ -4,8 +4,10 @@ input and on the real toy pipeline; one-line errors; and --compare_torch: the Py
 (uda_jax/bench_torch.py) builds the same network as ours, runs the official iteration, and the CLI prints the
 ratio; at tiny sizes."""
 
+import glob
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -109,11 +111,12 @@ def _bench_cli(*args):
   return out, {k.strip(): v.strip() for k, v in printed}
 
 
-def test_cli_prints_both_step_times_and_the_ratio():
+def test_cli_prints_both_step_times_the_ratio_and_both_profiles(tmp_path):
   pytest.importorskip("torch")
   out, printed = _bench_cli("--size", "32,64", "--steps", "1", "--compare_torch", "--config.data.batch_size=1",
-                            "--peak_tflops=0.05")
+                            "--peak_tflops=0.05", f"--profile={tmp_path}", "--profile_steps=2")
   assert out.returncode == 0, out.stderr[-3000:]
+  _check_profile_tables(out.stdout, tmp_path)
   for key in ("step_s", "torch_step_s", "ratio_ours_over_torch", "torch_threads"):
     assert key in printed, out.stdout
   ours, theirs, ratio = (float(printed[k]) for k in ("step_s", "torch_step_s", "ratio_ours_over_torch"))
@@ -124,6 +127,30 @@ def test_cli_prints_both_step_times_and_the_ratio():
   assert printed["peak_source"] == "--peak_tflops"
   assert float(printed["peak_device_memory_gib"]) > 0 and "memory_analysis" in printed["peak_memory_source"]
   assert float(printed["input_s"]) > 0 and 0 <= float(printed["input_wait_fraction"]) < 1
+
+
+def _check_profile_tables(stdout, log_dir):
+  """--profile's tables: the step's own module, each op of the trace found in the compiled HLO (no kind '?'),
+  kinds that add up to the op time; PyTorch's op table; both traces written."""
+  lines = stdout.splitlines()
+  head = next(i for i, l in enumerate(lines) if l.startswith("profile: module "))
+  module, n_ops, total = re.match(r"profile: module (\S+), (\d+) HLO ops, ([\d.]+) ms of op time per step",
+                                  lines[head]).groups()
+  assert "train_step" in module and int(n_ops) > 100
+  kinds = {}
+  for line in lines[head + 2:]:
+    if line.split()[0] == "ms/step":
+      break
+    ms, _, kind = line.split()
+    kinds[kind] = float(ms)
+  assert "?" not in kinds and {"convolution", "dot"} & set(kinds), kinds
+  assert sum(kinds.values()) == pytest.approx(float(total), abs=0.01 * len(kinds))
+  top = lines[head + 3 + len(kinds):]
+  top = top[:next(i for i, l in enumerate(top) if l.startswith("torch profile: "))]
+  assert len(top) == min(25, int(n_ops)) and all(l.split()[4] in kinds for l in top)
+  assert [float(l.split()[0]) for l in top] == sorted((float(l.split()[0]) for l in top), reverse=True)
+  assert any("aten::" in l for l in lines) and (log_dir / "torch" / "torch_trace.json").stat().st_size > 0
+  assert glob.glob(str(log_dir / "jax" / "**" / "*.xplane.pb"), recursive=True)
 
 
 def test_cli_prints_every_field_on_the_real_input_pipeline(toy_data_dir):
@@ -150,6 +177,7 @@ def test_cli_mistakes_are_one_line_errors_with_exit_2():
   for args, message in ((["--precision=fp8"], "error: flag --precision=fp8: value should be one of <fp32|tf32|bf16>"),
                         (["--peak_tflops=0"], "error: flag --peak_tflops=0.0: --peak_tflops must be a positive number"),
                         (["--size", "32x64"], "error: --size='32x64': give H,W, e.g. 256,512"),
+                        (["--profile=prof"], "error: --profile=prof traces steps that run: --steps 0 only compiles"),
                         (["--config.data.batch_size=-1"],
                          "error: data.batch_size=-1: give a positive number of images per step")):
     out, _ = _bench_cli(*args, "--steps", "0")

@@ -50,6 +50,16 @@ steps in one process repeat to a few per cent.
   python -m uda_jax.bench --config configs/adaptsegnet.py --size 256,512 --steps 4 \
       --variant UDA_JAX_NARROW_CONV_MATMUL=0,UDA_JAX_STRIDED_CONV_S2D=0
 
+--profile DIR also traces --profile_steps steps (after the timed ones) into DIR/jax and prints the op time per
+step by kind of work (convolutions, each fusion kind, each custom call's target: cuDNN, cuBLAS, uda_jax's CPU
+kernels) and of the slowest HLO instructions with the JAX source path of each (uda_jax/profiling.py); with
+--compare_torch, PyTorch's profiler table of its iteration too (trace in DIR/torch). On a GPU the times are the
+kernels'; on a CPU, where XLA tags its thunks only under --xla_cpu_enable_xprof_traceme (added to XLA_FLAGS for
+the run), they overlap when thunks run concurrently.
+
+  python -m uda_jax.bench --config configs/adaptsegnet.py --size 720,1280 --target_size 512,1024 \
+      --compare_torch --profile /tmp/profile_asn
+
 A mistake in the flags or the config (a bad --precision, a batch the devices do not divide, a missing dataset)
 is one line on stderr and exit status 2.
 """
@@ -65,7 +75,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from uda_jax import cli, methods, parallel, peak_flops, steps, switches
+from uda_jax import cli, methods, parallel, peak_flops, profiling, steps, switches, xla_flags
 from uda_jax.kernels import batch_norm as bn_kernel
 from uda_jax.kernels import conv_kernel
 from uda_jax.errors import UserError
@@ -84,6 +94,10 @@ _PRECISION = flags.DEFINE_enum("precision", None, list(peak_flops.PRECISIONS),
 _COMPARE_TORCH = flags.DEFINE_bool(
     "compare_torch", False, "Also time the official PyTorch iteration of the same network on the same inputs "
     "(needs: pip install -e '.[torch]') and print the ratio of the step times.")
+_PROFILE = flags.DEFINE_string(
+    "profile", "", "Also trace --profile_steps steps into this directory and print where their time goes "
+    "(uda_jax/profiling.py); with --compare_torch, PyTorch's profile of its step too.")
+_PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 3, "Steps traced with --profile.", lower_bound=1)
 _VARIANTS = flags.DEFINE_multi_string(
     "variant", [], "NAME=V[,NAME=V]: also time the step compiled with these UDA_JAX_* switches (0|1) and XLA "
     "compiler options (xla_*=value), alternating with the default step in one process (see the module doc).")
@@ -112,9 +126,10 @@ def _batches(config, input_mode, size, target_size):
   return lambda start: itertools.repeat(batch)
 
 
-def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None):
+def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None, profile=None):
   """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown).
-  With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them."""
+  With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them. `profile`: (directory,
+  steps) to trace after the timing; the field 'profile' then holds profiling.summary's table."""
   b = config.data.batch_size
   mesh = _mesh(config)  # a bad batch size fails before any input is read
   batches = _batches(config, input_mode, size, target_size)
@@ -143,6 +158,10 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
   states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
+  if profile:  # before _time_fed, which donates the states without handing them back
+    log_dir, n = profile
+    states = profiling.trace(lambda st, i: compiled(st, gb, jnp.int32(i)), states, n, log_dir)
+    info["profile"] = profiling.summary(log_dir, compiled.as_text(), n)
   input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
   wait_s = max(0.0, fed_s - step_s)  # below 0 is timing noise: the host kept up
   achieved = info["gflops_per_step"] * 1e9 / step_s
@@ -373,14 +392,19 @@ def _parse_size(value, flag):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _PROFILE.value:  # CPU thunks tag their profiler events only with this flag, set before JAX starts
+    xla_flags.apply(True, profiling.CPU_FLAGS)
   kept = cli.prepare_cpu()  # before the first device is touched; the malloc settings also serve --compare_torch
   config = _CONFIG.value
   try:
     size = _parse_size(_SIZE.value, "size")
     target = _parse_size(_TARGET_SIZE.value, "target_size") if _TARGET_SIZE.value else None
     variants = [parse_variant(v) for v in _VARIANTS.value]
-    if variants and (_COMPARE_TORCH.value or _INPUT.value != "random" or _STEPS.value == 0):
-      raise UserError("--variant times steps on random inputs alone: drop --compare_torch, --input and --steps 0")
+    if variants and (_COMPARE_TORCH.value or _INPUT.value != "random" or _STEPS.value == 0 or _PROFILE.value):
+      raise UserError("--variant times steps on random inputs alone: drop --compare_torch, --input, --profile "
+                      "and --steps 0")
+    if _PROFILE.value and _STEPS.value == 0:
+      raise UserError(f"--profile={_PROFILE.value} traces steps that run: --steps 0 only compiles")
     if _COMPARE_TORCH.value:  # fail before the long part: a missing torch or an unsupported config
       if _INPUT.value != "random":
         raise UserError("--compare_torch times both steps on the same random inputs: use --input=random")
@@ -390,22 +414,29 @@ def main(argv):
       _print(compare_variants(config, size, _STEPS.value, variants, target))
       return
     peak, source = resolve_peak(config, _PEAK_TFLOPS.value, _MEASURE_PEAK.value, _PRECISION.value)
-    r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak)
+    profile = (os.path.join(_PROFILE.value, "jax"), _PROFILE_STEPS.value) if _PROFILE.value else None
+    r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak, profile)
   except UserError as e:
     cli.exit_with_user_error(e)
   r["peak_source"] = source
   r["host_memory_kept"] = kept
   if _COMPARE_TORCH.value:
-    t = bench_torch.benchmark(config, random_batch(config, size, target), _STEPS.value)
+    t = bench_torch.benchmark(config, random_batch(config, size, target), _STEPS.value,
+                              profile=(os.path.join(_PROFILE.value, "torch"), _PROFILE_STEPS.value)
+                              if _PROFILE.value else None)
     r = {**r, "torch": t["torch_version"], "torch_threads": t["torch_threads"], "torch_step_s": t["torch_step_s"],
          **({"torch_peak_memory_gib": t["torch_peak_memory_gib"]} if t["torch_peak_memory_gib"] else {}),
-         "ratio_ours_over_torch": r["step_s"] / t["torch_step_s"]}
+         "ratio_ours_over_torch": r["step_s"] / t["torch_step_s"],
+         **({"torch_profile": t["torch_profile"]} if "torch_profile" in t else {})}
   _print(r)
 
 
 def _print(fields: dict):
+  tables = {k: fields.pop(k) for k in ("profile", "torch_profile") if k in fields}
   for k, v in fields.items():
     print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}", flush=True)
+  for table in tables.values():  # after the fields, which scripts grep
+    print(table, flush=True)
 
 
 if __name__ == "__main__":

@@ -383,8 +383,10 @@ class Step:
     return {"seg_main": seg.detach(), "adv_main": adv.detach(), "loss_d_main": (l_src + l_tgt).detach()}
 
 
-def benchmark(config, batch, num_steps, device=None, num_threads=None):
-  """Median wall time of `num_steps` official torch iterations after one warm-up, on the same batch.
+def benchmark(config, batch, num_steps, device=None, num_threads=None, profile=None):
+  """Median wall time of `num_steps` official torch iterations after one warm-up, on the same batch; with
+  `profile` (directory, steps), then that many iterations under torch.profiler (a Chrome trace in the directory,
+  and the table of the ops that took the most device or CPU time under 'torch_profile').
 
   Runs on the GPU when JAX does and torch has CUDA, else on the CPU with `num_threads` intra-op threads (default:
   every core this process may use, as XLA:CPU does). Time it after our step, not before: torch's OpenMP workers
@@ -412,6 +414,24 @@ def benchmark(config, batch, num_steps, device=None, num_threads=None):
   if device == "cuda":
     torch.cuda.synchronize()
   peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-  return {"torch_version": f"{torch.__version__} ({device})", "torch_step_s": float(np.median(times)),
+  extra = {"torch_profile": _profile(torch, step, device, *profile)} if profile else {}
+  return {**extra, "torch_version": f"{torch.__version__} ({device})", "torch_step_s": float(np.median(times)),
           "torch_peak_memory_gib": peak,
           "torch_threads": n_threads, "torch_params": num_params(step.seg, step.discs), "torch_first_losses": first}
+
+
+def _profile(torch, step, device, log_dir, num_steps, top=25):
+  """torch.profiler over `num_steps` iterations: writes its Chrome trace under `log_dir`, returns its op table."""
+  activities = [torch.profiler.ProfilerActivity.CPU]
+  if device == "cuda":
+    activities.append(torch.profiler.ProfilerActivity.CUDA)
+  with torch.profiler.profile(activities=activities) as prof:
+    for _ in range(num_steps):
+      step()
+    if device == "cuda":
+      torch.cuda.synchronize()
+  os.makedirs(log_dir, exist_ok=True)
+  prof.export_chrome_trace(os.path.join(log_dir, "torch_trace.json"))
+  sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+  return (f"torch profile: {num_steps} iterations, sorted by {sort} (trace: {log_dir})\n"
+          + prof.key_averages().table(sort_by=sort, row_limit=top))

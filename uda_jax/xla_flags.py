@@ -38,8 +38,9 @@ def backend_started() -> bool:
   return bool(xla_bridge is not None and getattr(xla_bridge, "_backends", None))
 
 
-def apply(enabled: bool = True) -> tuple[str, ...]:
-  """Appends CPU_FLAGS to XLA_FLAGS where they apply; returns the flags added (none if not)."""
+def apply(enabled: bool = True, cpu_flags: tuple[str, ...] = CPU_FLAGS) -> tuple[str, ...]:
+  """Appends `cpu_flags` (XLA:CPU flags of the KNOWN_JAXLIB versions) to XLA_FLAGS where they apply; returns the
+  flags added (none if not)."""
   if not enabled or not cpu_backend_expected() or backend_started():
     return ()
   try:
@@ -48,7 +49,7 @@ def apply(enabled: bool = True) -> tuple[str, ...]:
   except importlib.metadata.PackageNotFoundError:
     return ()
   current = os.environ.get("XLA_FLAGS", "").split()
-  added = tuple(f for f in CPU_FLAGS if f.split("=")[0] not in {c.split("=")[0] for c in current})
+  added = tuple(f for f in cpu_flags if f.split("=")[0] not in {c.split("=")[0] for c in current})
   if added:
     os.environ["XLA_FLAGS"] = " ".join(current + list(added))
   return added

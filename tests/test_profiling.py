@@ -1,0 +1,47 @@
+"""uda_jax/profiling.py: compiled HLO instructions classed by opcode, fusion kind and custom-call target (tuple
+shapes included), and a trace's op times added up per instruction of the step's module."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from uda_jax import profiling
+
+
+def _compiled():
+  def f(x, w):
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    keys, values = jax.lax.sort((y.reshape(-1), jnp.tanh(y).reshape(-1)), num_keys=1)  # a tuple-shaped op
+    return values[:3].sum() + jnp.mean(y * 2.0), keys[-1]
+  return jax.jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile()
+
+
+def test_every_instruction_gets_its_opcode_fusion_kind_or_target():
+  text = _compiled().as_text()
+  info = profiling.instructions(text)
+  kinds = {k for k, _ in info.values()}
+  assert "convolution" in kinds or any(k.startswith("custom-call:") for k in kinds), kinds
+  assert "sort" in kinds or any(k.startswith("fusion:") for k in kinds), kinds
+  assert all(k.split(":")[0] in text for k in kinds)
+  # Every instruction line of the text is classed, under its own name.
+  names = [l.split("=")[0].split()[-1].lstrip("%") for l in text.splitlines()
+           if " = " in l and not l.lstrip().startswith(("HloModule", "ENTRY", "//")) and "(" in l.split(" = ", 1)[1]]
+  assert names and set(names) <= set(info), set(names) - set(info)
+  assert profiling._skip_shape("(f32[2]{0}, (s32[], u8[1]{0})) tuple(%a, %b)") == "tuple(%a, %b)"
+  assert profiling._skip_shape("f32[2,3]{1,0} add(%a, %b)") == "add(%a, %b)"
+
+
+def test_a_trace_adds_up_per_instruction_of_the_module(tmp_path):
+  """On a CPU, without --xla_cpu_enable_xprof_traceme the thunks are not tagged: the summary says how to tag
+  them (with the flag, which the benchmark sets before JAX starts, tests/test_bench.py checks the tables)."""
+  compiled = _compiled()
+  args = (jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
+  profiling.trace(lambda state, i: (state, compiled(*args)), None, 2, str(tmp_path))
+  module, times, counts = profiling.op_times(str(tmp_path))
+  if times:  # tagged (the flag was set in this process)
+    assert set(times) <= set(profiling.instructions(compiled.as_text())) and min(counts.values()) >= 2
+  else:
+    assert profiling.summary(str(tmp_path), compiled.as_text(), 2).endswith(
+        f"set XLA_FLAGS={profiling.CPU_FLAGS[0]} before JAX starts)")
+  with pytest.raises(FileNotFoundError, match="no \\*.xplane.pb under"):
+    profiling.op_times(str(tmp_path / "empty"))

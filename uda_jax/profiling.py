@@ -1,0 +1,124 @@
+"""Where a compiled step spends its time: a profiler trace of a few steps, summed per HLO instruction and per kind
+of work (`python -m uda_jax.bench --profile DIR`; the trace itself opens in TensorBoard's or XProf's viewer).
+
+Each event the runtime records for an HLO instruction (a GPU kernel, a CPU thunk; its `hlo_op` stat) is added to
+that instruction, and the instruction is classed by the compiled HLO: its opcode, a fusion's kind (kLoop, kInput,
+kOutput, kCustom), or a custom call's target (cuDNN convolutions, cuBLAS GEMMs, uda_jax's CPU kernels). On a GPU
+the times are kernel times on the device; on a CPU they are thunk times, which need XLA_FLAGS
+--xla_cpu_enable_xprof_traceme=true (CPU_FLAGS, set by the benchmark before JAX starts) and which overlap when
+XLA runs thunks concurrently, so there they tell shares, not a sum of wall time.
+"""
+
+import collections
+import glob
+import os
+import re
+
+import jax
+
+CPU_FLAGS = ("--xla_cpu_enable_xprof_traceme=true",)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def trace(step, states, num_steps, log_dir):
+  """Runs `step(states, i) -> (states, metrics)` `num_steps` times under the profiler; returns the states."""
+  with jax.profiler.trace(log_dir):
+    for i in range(num_steps):
+      states, metrics = step(states, i)
+      jax.block_until_ready(metrics)
+  return states
+
+
+def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{instruction name: (kind, op_name)} for every instruction of a compiled module's HLO text: kind is the
+  opcode, 'fusion:<kind>' or 'custom-call:<target>'; op_name the JAX source path of its metadata."""
+  out = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if not m or line.lstrip().startswith(("HloModule", "ENTRY", "//")):
+      continue
+    rest = _skip_shape(m.group(2))
+    opcode = re.match(r"([\w\-]+)\(", rest)
+    if not opcode:
+      continue
+    kind = opcode.group(1)
+    if kind == "fusion":
+      k = re.search(r"\bkind=(\w+)", rest)
+      kind += f":{k.group(1)}" if k else ""
+    elif kind == "custom-call":
+      t = re.search(r'custom_call_target="([^"]+)"', rest)
+      kind += f":{t.group(1)}" if t else ""
+    op = _OP_NAME.search(rest)
+    out[m.group(1)] = (kind, op.group(1) if op else "")
+  return out
+
+
+def _skip_shape(text: str) -> str:
+  """`text` after its leading shape: one token, or a parenthesised tuple of shapes."""
+  if not text.startswith("("):
+    return text.split(" ", 1)[1] if " " in text else ""
+  depth = 0
+  for i, ch in enumerate(text):
+    depth += {"(": 1, ")": -1}.get(ch, 0)
+    if depth == 0:
+      return text[i + 1:].lstrip()
+  return ""
+
+
+def op_times(log_dir: str) -> tuple[str, dict[str, float], dict[str, int]]:
+  """(module, {hlo_op: seconds}, {hlo_op: events}) of the newest trace under `log_dir`, for the HLO module that
+  took the most time there (the step, not the small programs around it): device planes' events when the trace
+  has any (GPU, TPU), else the host's (CPU thunks)."""
+  files = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+  if not files:
+    raise FileNotFoundError(f"no *.xplane.pb under {log_dir}: the profiler wrote no trace")
+  data = jax.profiler.ProfileData.from_file(files[-1])
+  times, counts = collections.defaultdict(float), collections.Counter()
+  # On an accelerator the host's launch events carry hlo_op too: count only the device's kernels there.
+  planes = [p for p in data.planes if p.name.startswith("/device:")] or list(data.planes)
+  for plane in planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if "hlo_op" in stats:
+          key = (str(stats.get("hlo_module", "")), str(stats["hlo_op"]))
+          times[key] += event.duration_ns * 1e-9
+          counts[key] += 1
+  if not times:  # a runtime that does not tag its events: each device event by its own (kernel) name
+    for plane in (p for p in planes if p.name.startswith("/device:")):
+      for line in plane.lines:
+        for event in line.events:
+          times[("", event.name)] += event.duration_ns * 1e-9
+          counts[("", event.name)] += 1
+  if not times:
+    return "", {}, {}
+  per_module = collections.defaultdict(float)
+  for (module, _), t in times.items():
+    per_module[module] += t
+  module = max(per_module, key=per_module.get)
+  return (module, {op: t for (m, op), t in times.items() if m == module},
+          {op: c for (m, op), c in counts.items() if m == module})
+
+
+def summary(log_dir: str, hlo_text: str, num_steps: int, top: int = 25) -> str:
+  """A table per kind of work and of the `top` instructions, in milliseconds per step."""
+  module, times, counts = op_times(log_dir)
+  if not times:
+    return (f"profile: no HLO op events in the trace under {log_dir} (on a CPU set XLA_FLAGS="
+            f"{' '.join(CPU_FLAGS)} before JAX starts)")
+  info = instructions(hlo_text)
+  total = sum(times.values())
+  per_kind = collections.defaultdict(float)
+  for op, t in times.items():
+    per_kind[info.get(op, ("?", ""))[0]] += t
+  lines = [f"profile: module {module}, {len(times)} HLO ops, {1e3 * total / num_steps:.1f} ms of op time per step "
+           f"(trace: {log_dir})", f"{'ms/step':>9} {'share':>6}  kind"]
+  for kind, t in sorted(per_kind.items(), key=lambda kv: -kv[1]):
+    lines.append(f"{1e3 * t / num_steps:9.2f} {t / total:6.1%}  {kind}")
+  lines.append(f"{'ms/step':>9} {'share':>6} {'calls':>5}  op  kind  source")
+  for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
+    kind, source = info.get(op, ("?", ""))
+    lines.append(f"{1e3 * t / num_steps:9.2f} {t / total:6.1%} {counts[op] / num_steps:5.0f}  {op}  {kind}  "
+                 f"{source[-120:]}")
+  return "\n".join(lines)
