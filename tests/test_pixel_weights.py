@@ -99,7 +99,7 @@ def test_weights_carry_no_gradient_into_the_segmenter_from_a_discriminator(schem
   assert any(np.any(np.asarray(g)) for g in jax.tree.leaves(grads["d_main"]))
 
 
-def test_target_weights_are_genmap_of_the_ensemble_or_each_level():
+def test_target_weights_are_genmap_of_the_ensemble_the_prediction_or_each_level():
   c = _config("adaptsegnet")
   out = {"main": jax.random.normal(jax.random.key(0), (1, 4, 5, 3)),
          "aux": jax.random.normal(jax.random.key(1), (1, 4, 5, 3))}
@@ -112,6 +112,12 @@ def test_target_weights_are_genmap_of_the_ensemble_or_each_level():
   c.loss.genmap_from = "level"
   got = pixel_weights.target_weights(out, c)
   np.testing.assert_array_equal(got["aux"], pixel_weights.genmap(out["aux"], 0.5, 0.1))
+  c.loss.genmap_from = "prediction"  # what the run predicts with: z_main alone at AdaptSegNet's eval.aux_weight=0
+  for aux_weight, logits in ((0.0, out["main"]), (0.5, out["main"] + 0.5 * out["aux"])):
+    c.eval.aux_weight = aux_weight
+    got = pixel_weights.target_weights(out, c)
+    for level in ("main", "aux"):
+      np.testing.assert_array_equal(got[level], pixel_weights.genmap(logits, 0.5, 0.1))
   c.model.multi_level = False  # a single-level model's ensemble is its one map
   c.loss.genmap_from = "ensemble"
   got = pixel_weights.target_weights({"main": out["main"]}, c)

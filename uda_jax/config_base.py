@@ -102,7 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss.genmap_weights = False
   c.loss.genmap_threshold = 0.9
   c.loss.genmap_mu = 0.1
-  c.loss.genmap_from = "ensemble"
+  c.loss.genmap_from = "ensemble"  # | 'prediction' (z_main + eval.aux_weight z_aux) | 'level'
   c.loss.feature_disc = True
   c.loss.dismap = True
   c.loss.lambda_adv_feat = 5e-4

@@ -3,8 +3,9 @@ adversarial terms are weighted per target pixel. No public code exists; this fol
 
 G = C o F is MRNet's segmenter, D the five-conv output-space discriminator per level, D_aux three 1x1 convs
 (LeakyReLU 0.2) and a 1x1 classifier on F's features (MRNet's main-decoder input). p*_t = max softmax of the
-target prediction (loss.genmap_from: MRNet's ensemble 0.5 z_aux + z_main, or each level's own map); GenMap is
-methods/pixel_weights.py, which the other output- and feature-level schemes take too (loss.genmap_weights):
+target prediction (loss.genmap_from: MRNet's ensemble 0.5 z_aux + z_main, the logits the run predicts with, or each
+level's own map); GenMap is methods/pixel_weights.py, which the other output- and feature-level schemes take too
+(loss.genmap_weights):
   GenMap    d = 0.01 where p*_t > T, exp(-p*_t) elsewhere, stop-gradient                   eq. 3, T = 0.9
   weights   w = (d + mu) [x sigmoid(D_aux(F(x_t))), stop-gradient: DisMap]               eq. 4 / eq. 6
   D_aux     0.5 BCE(D_aux(F_s), 0) + 0.5 BCE(D_aux(F_t), 1), detached features            eq. 5, min in eq. 9
@@ -91,7 +92,7 @@ def weight_maps(seg_state, d_feat_state, image, config):
   variables = {"params": seg_state.params, "batch_stats": seg_state.batch_stats}
   out = seg_state.apply_fn(variables, image, train=False)
   size = image.shape[1:3]
-  z = resize_bilinear(pixel_weights.genmap_logits(out, "main", config.loss.genmap_from), size)
+  z = resize_bilinear(pixel_weights.genmap_logits(out, "main", config), size)
   maps = {"genmap": pixel_weights.genmap(z, config.loss.genmap_threshold, config.loss.genmap_mu)}
   if d_feat_state is not None and config.loss.dismap:
     z_d = feature_disc(d_feat_state, d_feat_state.params, out["features"], size, config)

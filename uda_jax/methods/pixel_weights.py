@@ -2,7 +2,9 @@
 terms, so that confidently predicted target pixels are aligned less.
 
   p*_t   max softmax of the target prediction, per pixel (loss.genmap_from: 'ensemble', MRNet's z_main + 0.5 z_aux
-         (z_main for a single-level model), or 'level', each level's own map)
+         (z_main for a single-level model); 'prediction', the logits the run predicts with, z_main +
+         eval.aux_weight z_aux (z_main alone in AdaptSegNet and JAL, which evaluate on Dec2; the ensemble in
+         MRNet, whose eval.aux_weight is 0.5); or 'level', each level's own map)
   d      0.01 where p*_t > T, exp(-p*_t) elsewhere                                          eq. 3, T = 0.9
   w      d + mu, stop-gradient                                                              eq. 4, mu = 0.1
 
@@ -14,12 +16,13 @@ paper). No paper runs these combinations; they use the paper's T and mu unless o
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from uda_jax import models
 from uda_jax.errors import UserError
 from uda_jax.methods import common
 
-GENMAP_FROM = ("ensemble", "level")
+GENMAP_FROM = ("ensemble", "prediction", "level")
 # Schemes whose target adversarial terms take the weights (LSD-seg's D sees reconstructed images, not maps).
 METHODS = ("adaptsegnet", "mrnet", "jal_wtm", "fada", "pixel_weighted")
 
@@ -39,6 +42,9 @@ def check(config):
     raise UserError(f"loss.genmap_from={cfg.genmap_from!r}: choose one of {', '.join(GENMAP_FROM)}")
   if cfg.weight_grid not in ("image", "disc"):  # FADA's D answers at image size: the grid does not arise there
     raise UserError(f"loss.weight_grid={cfg.weight_grid!r}: choose 'image' or 'disc'")
+  if config.method != "pixel_weighted":  # a combination (or configs/pixel_weighted.py's method overridden)
+    logging.info("GenMap weights on the target adversarial terms of %r (loss.genmap_weights=True, T=%g, mu=%g, "
+                 "from %s)", config.method, cfg.genmap_threshold, cfg.genmap_mu, cfg.genmap_from)
 
 
 def genmap(logits, threshold, mu):
@@ -47,11 +53,13 @@ def genmap(logits, threshold, mu):
   return jnp.where(p_max > threshold, 0.01, jnp.exp(-p_max)) + mu
 
 
-def genmap_logits(outputs, level, genmap_from):
-  """The logits p*_t is read from for `level`'s weights."""
+def genmap_logits(outputs, level, config):
+  """The logits p*_t is read from for `level`'s weights (loss.genmap_from)."""
+  genmap_from = config.loss.genmap_from
   if genmap_from == "level":
     return outputs[level]
-  return models.prediction_logits(outputs, 0.5 if "aux" in outputs else 0.0)
+  aux_weight = float(config.eval.aux_weight) if genmap_from == "prediction" else 0.5
+  return models.prediction_logits(outputs, aux_weight if "aux" in outputs else 0.0)
 
 
 def target_weights(out_t, config):
@@ -59,5 +67,5 @@ def target_weights(out_t, config):
   cfg = config.loss
   if not cfg.genmap_weights:
     return None
-  return {level: genmap(genmap_logits(out_t, level, cfg.genmap_from), cfg.genmap_threshold, cfg.genmap_mu)
+  return {level: genmap(genmap_logits(out_t, level, config), cfg.genmap_threshold, cfg.genmap_mu)
           for level in common.levels(config)}
