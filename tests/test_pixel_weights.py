@@ -178,3 +178,14 @@ def test_each_term_takes_its_own_levels_weights(scheme, monkeypatch):
     moved = {l for l, other in (("main", main_moved), ("aux", aux_moved))
              if not np.isclose(other[k], v, rtol=1e-6, atol=1e-7)}
     assert moved == expected.get(k, set()), (k, moved)
+
+
+def test_a_combination_says_at_start_that_it_weights_by_genmap(caplog):
+  c = _config("adaptsegnet")
+  pixel_weights.check(c)
+  assert "GenMap" not in caplog.text
+  c.loss.genmap_weights, c.loss.genmap_from = True, "prediction"
+  with caplog.at_level("INFO"):
+    pixel_weights.check(c)
+  assert "GenMap weights on the target adversarial terms of 'adaptsegnet'" in caplog.text
+  assert "T=0.9, mu=0.1, from prediction" in caplog.text
