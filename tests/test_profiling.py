@@ -36,7 +36,7 @@ def test_a_trace_adds_up_per_instruction_of_the_module(tmp_path):
   them (with the flag, which the benchmark sets before JAX starts, tests/test_bench.py checks the tables)."""
   compiled = _compiled()
   args = (jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
-  profiling.trace(lambda state, i: (state, compiled(*args)), None, 2, str(tmp_path))
+  assert profiling.trace(lambda state, i: (state + 1, compiled(*args)), 0, 2, str(tmp_path)) == (2, None)
   module, times, counts = profiling.op_times(str(tmp_path))
   if times:  # tagged (the flag was set in this process)
     assert set(times) <= set(profiling.instructions(compiled.as_text())) and min(counts.values()) >= 2
@@ -45,3 +45,11 @@ def test_a_trace_adds_up_per_instruction_of_the_module(tmp_path):
         f"set XLA_FLAGS={profiling.CPU_FLAGS[0]} before JAX starts)")
   with pytest.raises(FileNotFoundError, match="no \\*.xplane.pb under"):
     profiling.op_times(str(tmp_path / "empty"))
+
+
+def test_a_profiler_that_cannot_start_costs_nothing_but_the_table(monkeypatch, tmp_path):
+  def fail(log_dir):
+    raise RuntimeError("no CUPTI")
+  monkeypatch.setattr(jax.profiler, "start_trace", fail)
+  states, table = profiling.profile(lambda state, i: pytest.fail("stepped"), "states", 2, str(tmp_path), "")
+  assert states == "states" and table == "profile: not taken: the profiler did not start (RuntimeError: no CUPTI)"

@@ -160,8 +160,8 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
   if profile:  # before _time_fed, which donates the states without handing them back
     log_dir, n = profile
-    states = profiling.trace(lambda st, i: compiled(st, gb, jnp.int32(i)), states, n, log_dir)
-    info["profile"] = profiling.summary(log_dir, compiled.as_text(), n)
+    states, info["profile"] = profiling.profile(lambda st, i: compiled(st, gb, jnp.int32(i)), states, n, log_dir,
+                                                compiled.as_text())
   input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
   wait_s = max(0.0, fed_s - step_s)  # below 0 is timing noise: the host kept up
   achieved = info["gflops_per_step"] * 1e9 / step_s

@@ -414,7 +414,12 @@ def benchmark(config, batch, num_steps, device=None, num_threads=None, profile=N
   if device == "cuda":
     torch.cuda.synchronize()
   peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-  extra = {"torch_profile": _profile(torch, step, device, *profile)} if profile else {}
+  extra = {}
+  if profile:
+    try:
+      extra["torch_profile"] = _profile(torch, step, device, *profile)
+    except Exception as e:  # pylint: disable=broad-except  # keep the timed figures
+      extra["torch_profile"] = f"torch profile: not taken ({type(e).__name__}: {e})"
   return {**extra, "torch_version": f"{torch.__version__} ({device})", "torch_step_s": float(np.median(times)),
           "torch_peak_memory_gib": peak,
           "torch_threads": n_threads, "torch_params": num_params(step.seg, step.discs), "torch_first_losses": first}

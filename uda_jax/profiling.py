@@ -22,12 +22,24 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 def trace(step, states, num_steps, log_dir):
-  """Runs `step(states, i) -> (states, metrics)` `num_steps` times under the profiler; returns the states."""
-  with jax.profiler.trace(log_dir):
+  """Runs `step(states, i) -> (states, metrics)` `num_steps` times under the profiler; returns (states, None), or
+  (states, why) when the profiler could not start or stop (no CUPTI, say): a benchmark keeps its timed figures
+  and its states, which the steps may have donated."""
+  try:
+    jax.profiler.start_trace(log_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    return states, f"the profiler did not start ({type(e).__name__}: {e})"
+  why = None
+  try:
     for i in range(num_steps):
       states, metrics = step(states, i)
       jax.block_until_ready(metrics)
-  return states
+  finally:
+    try:
+      jax.profiler.stop_trace()
+    except Exception as e:  # pylint: disable=broad-except
+      why = f"the profiler did not stop ({type(e).__name__}: {e})"
+  return states, why
 
 
 def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -99,6 +111,17 @@ def op_times(log_dir: str) -> tuple[str, dict[str, float], dict[str, int]]:
   module = max(per_module, key=per_module.get)
   return (module, {op: t for (m, op), t in times.items() if m == module},
           {op: c for (m, op), c in counts.items() if m == module})
+
+
+def profile(step, states, num_steps, log_dir, hlo_text, top=25):
+  """(states, summary table) of `num_steps` traced steps; the table says why when there is none."""
+  states, why = trace(step, states, num_steps, log_dir)
+  if why:
+    return states, f"profile: not taken: {why}"
+  try:
+    return states, summary(log_dir, hlo_text, num_steps, top)
+  except Exception as e:  # pylint: disable=broad-except  # a trace format this reader does not know
+    return states, f"profile: trace in {log_dir}, not summarised ({type(e).__name__}: {e})"
 
 
 def summary(log_dir: str, hlo_text: str, num_steps: int, top: int = 25) -> str:
