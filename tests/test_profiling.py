@@ -31,6 +31,41 @@ def test_every_instruction_gets_its_opcode_fusion_kind_or_target():
   assert profiling._skip_shape("f32[2,3]{1,0} add(%a, %b)") == "add(%a, %b)"
 
 
+_HLO = """HloModule jit_step, is_scheduled=true
+
+%fused_computation (param_0: f32[4,8], param_1: f32[8,2]) -> f32[4,2] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8,2]{1,0} parameter(1)
+  %dot.1 = f32[4,2]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  ROOT %tanh.1 = f32[4,2]{1,0} tanh(%dot.1)
+}
+
+%fused_computation.1 (param_0.1: f32[4,2]) -> f32[4,2] {
+  %param_0.1 = f32[4,2]{1,0} parameter(0)
+  ROOT %negate.1 = f32[4,2]{1,0} negate(%param_0.1)
+}
+
+ENTRY %main.9 (a: f32[4,8], b: f32[8,2]) -> (f32[4,2], s32[]) {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %gemm_fusion.3 = f32[4,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation, metadata={op_name="s/dot"}
+  %loop_negate_fusion = f32[4,2]{1,0} fusion(%gemm_fusion.3), kind=kLoop, calls=%fused_computation.1
+  %cudnn-conv.2 = (f32[4,2], u8[]) custom-call(%a, %b), custom_call_target="__cudnn$convForward", metadata={op_name="c"}
+  %get-tuple-element.1 = f32[4,2]{1,0} get-tuple-element(%cudnn-conv.2), index=0
+  ROOT %tuple = (f32[4,2]{1,0}, s32[]) tuple(%loop_negate_fusion, %get-tuple-element.1)
+}
+"""
+
+
+def test_kinds_of_a_gpu_style_module_by_hand():
+  info = profiling.instructions(_HLO)
+  assert info["gemm_fusion.3"] == ("fusion:kCustom+dot", "s/dot")
+  assert info["loop_negate_fusion"] == ("fusion:kLoop", "")
+  assert info["cudnn-conv.2"] == ("custom-call:__cudnn$convForward", "c")
+  assert info["get-tuple-element.1"][0] == "get-tuple-element" and info["tuple"][0] == "tuple"
+  assert info["dot.1"][0] == "dot" and info["a"][0] == "parameter"
+
+
 def test_a_trace_adds_up_per_instruction_of_the_module(tmp_path):
   """On a CPU, without --xla_cpu_enable_xprof_traceme the thunks are not tagged: the summary says how to tag
   them (with the flag, which the benchmark sets before JAX starts, tests/test_bench.py checks the tables)."""

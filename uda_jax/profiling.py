@@ -19,6 +19,7 @@ import jax
 CPU_FLAGS = ("--xla_cpu_enable_xprof_traceme=true",)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
 
 
 def trace(step, states, num_steps, log_dir):
@@ -44,25 +45,39 @@ def trace(step, states, num_steps, log_dir):
 
 def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (kind, op_name)} for every instruction of a compiled module's HLO text: kind is the
-  opcode, 'fusion:<kind>' or 'custom-call:<target>'; op_name the JAX source path of its metadata."""
-  out = {}
+  opcode, 'fusion:<kind>' ('+dot' / '+convolution' when the fused computation holds one: a matmul fused with its
+  elementwise neighbours, which is where XLA:CPU's YNNPACK fusions and GPU Triton GEMMs put them) or
+  'custom-call:<target>'; op_name the JAX source path of its metadata."""
+  out, calls, opcodes, computation = {}, {}, collections.defaultdict(set), ""
   for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
     m = _INSTRUCTION.match(line)
-    if not m or line.lstrip().startswith(("HloModule", "ENTRY", "//")):
+    if not m or line.lstrip().startswith(("HloModule", "//")):
       continue
     rest = _skip_shape(m.group(2))
     opcode = re.match(r"([\w\-]+)\(", rest)
     if not opcode:
       continue
     kind = opcode.group(1)
+    opcodes[computation].add(kind)
     if kind == "fusion":
       k = re.search(r"\bkind=(\w+)", rest)
       kind += f":{k.group(1)}" if k else ""
+      c = re.search(r"\bcalls=%?([\w.\-]+)", rest)
+      if c:
+        calls[m.group(1)] = c.group(1)
     elif kind == "custom-call":
       t = re.search(r'custom_call_target="([^"]+)"', rest)
       kind += f":{t.group(1)}" if t else ""
     op = _OP_NAME.search(rest)
     out[m.group(1)] = (kind, op.group(1) if op else "")
+  for name, called in calls.items():
+    heavy = [k for k in ("dot", "convolution") if k in opcodes[called]]
+    if heavy:
+      out[name] = (out[name][0] + "+" + heavy[0], out[name][1])
   return out
 
 
