@@ -14,7 +14,7 @@ import lsdseg as lsdseg_config
 from step_utils import init, random_batch
 from uda_jax import methods
 from uda_jax.errors import UserError
-from uda_jax.methods import pixel_weights
+from uda_jax.methods import jal_wtm, pixel_weights
 
 
 def _config(scheme, extra=""):
@@ -162,13 +162,12 @@ def test_each_term_takes_its_own_levels_weights(scheme, monkeypatch):
   c.loss.genmap_weights = True
   batch = random_batch(batch=2, h=64, w=64, classes=c.model.num_classes)
   _, mesh, states = init(c, batch)
-  n, h, w = batch["target_image"].shape[:3]
 
   def run(main, aux):
     const = {"main": main, "aux": aux}
-    monkeypatch.setattr(pixel_weights, "target_weights",
-                        lambda out_t, config: {l: np.full((n, h, w), const[l], np.float32) for l in out_t
-                                               if l in const})
+    monkeypatch.setattr(pixel_weights, "target_weights",  # this device's share: [N,H,W] of its own logits
+                        lambda out_t, config, predicted=None: {
+                            l: jax.numpy.full(out_t[l].shape[:3], const[l]) for l in out_t if l in const})
     return _all_losses(c, states, batch, mesh)
 
   base, main_moved, aux_moved = run(1.0, 1.5), run(2.0, 1.5), run(1.0, 3.0)
@@ -181,11 +180,39 @@ def test_each_term_takes_its_own_levels_weights(scheme, monkeypatch):
 
 
 def test_a_combination_says_at_start_that_it_weights_by_genmap(caplog):
-  c = _config("adaptsegnet")
-  pixel_weights.check(c)
+  with caplog.at_level("INFO"):
+    pixel_weights.check(_config("adaptsegnet"))  # no weights
+    pixel_weights.check(pixel_weighted_config.get_config("toy"))  # the scheme itself
   assert "GenMap" not in caplog.text
+  c = _config("adaptsegnet")
   c.loss.genmap_weights, c.loss.genmap_from = True, "prediction"
   with caplog.at_level("INFO"):
     pixel_weights.check(c)
   assert "GenMap weights on the target adversarial terms of 'adaptsegnet'" in caplog.text
   assert "T=0.9, mu=0.1, from prediction" in caplog.text
+
+
+def test_jal_wtm_reads_prediction_weights_from_the_transferred_decoder(monkeypatch):
+  """genmap_from='prediction' on JAL + WTM: the weights come from DecT2's logits, what the run predicts with
+  (jal_wtm.inference_segmenters), once its WTM has moved from identity."""
+  c = _config("jal_wtm")
+  c.loss.genmap_weights, c.loss.genmap_from, c.loss.genmap_threshold = True, "prediction", 0.2
+  batch = random_batch(batch=1, h=64, w=64, classes=c.model.num_classes)
+  _, mesh, states = init(c, batch)
+  m = states["wtm"].params["main"]["kernel"]
+  params = {k: s.params for k, s in states.items()}
+  params["wtm"] = {**params["wtm"], "main": {"kernel": m + 0.5 * jax.random.normal(jax.random.key(3), m.shape)}}
+  seen, real = {}, pixel_weights.target_weights
+  monkeypatch.setattr(pixel_weights, "target_weights", lambda out_t, config, predicted=None: seen.update(
+      out_t=out_t, got=real(out_t, config, predicted)) or seen["got"])
+
+  def body(params, batch):
+    jal_wtm.losses(params, states, batch, jax.random.key(0), c, "data")
+    dect2 = jal_wtm.transferred_logits(params, seen["out_t"], "main", c, (64, 64))
+    return seen["got"], seen["out_t"]["main"], dect2
+
+  got, dec2, dect2 = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data")))(
+      params, batch)
+  assert not np.allclose(dect2, dec2, atol=1e-3)  # DecT2 differs from Dec2 here
+  for level in ("main", "aux"):
+    np.testing.assert_allclose(got[level], pixel_weights.genmap(dect2, 0.2, c.loss.genmap_mu), atol=1e-6)

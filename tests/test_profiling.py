@@ -1,6 +1,12 @@
 """uda_jax/profiling.py: compiled HLO instructions classed by opcode, fusion kind and custom-call target (tuple
 shapes included), and a trace's op times added up per instruction of the step's module."""
 
+import collections
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -72,7 +78,7 @@ def test_a_trace_adds_up_per_instruction_of_the_module(tmp_path):
   compiled = _compiled()
   args = (jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4)))
   assert profiling.trace(lambda state, i: (state + 1, compiled(*args)), 0, 2, str(tmp_path)) == (2, None)
-  module, times, counts = profiling.op_times(str(tmp_path))
+  module, times, counts, _ = profiling.op_times(str(tmp_path))
   if times:  # tagged (the flag was set in this process)
     assert set(times) <= set(profiling.instructions(compiled.as_text())) and min(counts.values()) >= 2
   else:
@@ -88,3 +94,53 @@ def test_a_profiler_that_cannot_start_costs_nothing_but_the_table(monkeypatch, t
   monkeypatch.setattr(jax.profiler, "start_trace", fail)
   states, table = profiling.profile(lambda state, i: pytest.fail("stepped"), "states", 2, str(tmp_path), "")
   assert states == "states" and table == "profile: not taken: the profiler did not start (RuntimeError: no CUPTI)"
+
+
+Event = collections.namedtuple("Event", "start_ns end_ns stats")
+
+
+def test_nested_events_count_their_own_time_only():
+  """A loop event spanning its body's (CPU thunks nest so): each op keeps its self time; untagged events and
+  events after the loop are unaffected."""
+  tag = lambda op: [("hlo_module", "m"), ("hlo_op", op)]
+  events = [Event(0, 100, tag("while.1")), Event(10, 40, tag("dot.1")), Event(40, 90, tag("fusion.2")),
+            Event(50, 60, tag("inner.3")), Event(95, 99, []), Event(120, 130, tag("copy.4"))]
+  got = collections.defaultdict(float)
+  for (module, op), seconds in profiling._self_times(events):
+    assert module == "m"
+    got[op] += seconds * 1e9
+  assert got == pytest.approx({"while.1": 20, "dot.1": 30, "fusion.2": 40, "inner.3": 10, "copy.4": 10})
+
+
+def test_a_cpu_loop_is_counted_once_in_a_real_trace(tmp_path):
+  """With the flag that tags XLA:CPU's thunks, a jitted fori_loop: every op of the trace is an instruction of the
+  compiled module, and the loop's own time is what its body's events leave of it."""
+  code = """if True:
+    import os, sys, json
+    os.environ["XLA_FLAGS"] = "--xla_cpu_enable_xprof_traceme=true"
+    import jax, jax.numpy as jnp
+    from uda_jax import profiling
+    f = jax.jit(lambda x: jax.lax.fori_loop(0, 20, lambda i, y: jnp.tanh(y @ y), x).sum())
+    x = jnp.ones((128, 128)) * 0.01
+    compiled = f.lower(x).compile()
+    compiled(x).block_until_ready()
+    step = lambda state, i: (state, compiled(x))
+    assert profiling.trace(step, None, 3, sys.argv[1])[1] is None
+    module, times, counts, source = profiling.op_times(sys.argv[1])
+    info = profiling.instructions(compiled.as_text())
+    data = jax.profiler.ProfileData.from_file(profiling._newest(sys.argv[1]))
+    inclusive = sum(e.duration_ns * 1e-9 for p in data.planes for l in p.lines for e in l.events
+                    if dict(e.stats).get("hlo_op") in times and info[dict(e.stats)["hlo_op"]][0] == "while")
+    print(json.dumps({"kinds": {op: info[op][0] for op in times}, "times": times, "inclusive_while": inclusive,
+                      "source": source, "table": profiling.summary(sys.argv[1], compiled.as_text(), 3)}))
+  """
+  out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  r = json.loads(out.stdout.splitlines()[-1])
+  loops = [op for op, kind in r["kinds"].items() if kind == "while"]
+  assert len(loops) == 1 and r["source"].startswith("host")
+  # The body's 20 matmuls ran inside the loop's span and keep their time: the loop's own is a sliver of the span.
+  assert 0 < r["times"][loops[0]] < 0.2 * r["inclusive_while"]
+  assert sum(t for op, t in r["times"].items() if "dot" in r["kinds"][op]) > 0.5 * r["inclusive_while"]
+  assert "while" in r["table"] and "dot" in r["table"]

@@ -54,8 +54,9 @@ steps in one process repeat to a few per cent.
 step by kind of work (convolutions, each fusion kind, each custom call's target: cuDNN, cuBLAS, uda_jax's CPU
 kernels) and of the slowest HLO instructions with the JAX source path of each (uda_jax/profiling.py); with
 --compare_torch, PyTorch's profiler table of its iteration too (trace in DIR/torch). On a GPU the times are the
-kernels'; on a CPU, where XLA tags its thunks only under --xla_cpu_enable_xprof_traceme (added to XLA_FLAGS for
-the run), they overlap when thunks run concurrently.
+kernels'; on a CPU they are XLA's thunks, which overlap when they run concurrently, and which XLA tags only under
+--xla_cpu_enable_xprof_traceme (added to XLA_FLAGS for the run, for the jaxlib versions uda_jax.xla_flags knows).
+The fields are printed before either profile is taken, so a profiler that fails cannot take them along.
 
   python -m uda_jax.bench --config configs/adaptsegnet.py --size 720,1280 --target_size 512,1024 \
       --compare_torch --profile /tmp/profile_asn
@@ -126,10 +127,13 @@ def _batches(config, input_mode, size, target_size):
   return lambda start: itertools.repeat(batch)
 
 
-def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None, profile=None):
+def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None, profile=None,
+              on_timed=None):
   """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown).
   With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them. `profile`: (directory,
-  steps) to trace after the timing; the field 'profile' then holds profiling.summary's table."""
+  steps) to trace after the timing; the field 'profile' then holds profiling.summary's table. `on_timed(fields)`
+  is called once the timed fields are known, before the profile (the CLI prints them there, so that a profiler
+  that crashes or overruns a time limit cannot take them along)."""
   b = config.data.batch_size
   mesh = _mesh(config)  # a bad batch size fails before any input is read
   batches = _batches(config, input_mode, size, target_size)
@@ -158,11 +162,7 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   if num_steps == 0:
     return {**info, "mfu": "n/a (--steps 0 compiles only)"}
   states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
-  if profile:  # before _time_fed, which donates the states without handing them back
-    log_dir, n = profile
-    states, info["profile"] = profiling.profile(lambda st, i: compiled(st, gb, jnp.int32(i)), states, n, log_dir,
-                                                compiled.as_text())
-  input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
+  states, input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
   wait_s = max(0.0, fed_s - step_s)  # below 0 is timing noise: the host kept up
   achieved = info["gflops_per_step"] * 1e9 / step_s
   info.update({"xla_flags": os.environ.get("XLA_FLAGS", ""), "step_s": step_s, "images_per_s": images / step_s,
@@ -173,6 +173,12 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
     info["mfu"] = achieved / (peak * 1e12 * jax.device_count())
   else:
     info["mfu"] = "n/a (pass --peak_tflops or --measure_peak)"
+  if on_timed:
+    on_timed(dict(info))
+  if profile:
+    log_dir, n = profile
+    _, info["profile"] = profiling.profile(lambda st, i: compiled(st, gb, jnp.int32(i)), states, n, log_dir,
+                                           compiled.as_text())
   return info
 
 
@@ -290,7 +296,7 @@ def _time_steps(compiled, states, gb, num_steps):
 
 
 def _time_fed(compiled, states, mesh, local, num_steps):
-  """(median time of next(local) + global_batch, mean wall time per step) with batches fed as the train loop
+  """(states, median time of next(local) + global_batch, mean wall time per step) with batches fed as the train loop
   feeds them: dispatch is asynchronous, so the next batch is read while the device runs the previous step and
   a step waits for its input only when the host is slower than the device."""
   jax.block_until_ready(parallel.global_batch(next(local), mesh))  # untimed: a fresh pipeline's start-up
@@ -303,7 +309,7 @@ def _time_fed(compiled, states, mesh, local, num_steps):
     states, m = compiled(states, gb, jnp.int32(num_steps + i + 1))
   jax.block_until_ready(m)
   getattr(local, "close", lambda: None)()
-  return float(np.median(input_times)), (time.perf_counter() - t_loop) / num_steps
+  return states, float(np.median(input_times)), (time.perf_counter() - t_loop) / num_steps
 
 
 def _memory_analysis(compiled) -> dict:
@@ -415,28 +421,34 @@ def main(argv):
       return
     peak, source = resolve_peak(config, _PEAK_TFLOPS.value, _MEASURE_PEAK.value, _PRECISION.value)
     profile = (os.path.join(_PROFILE.value, "jax"), _PROFILE_STEPS.value) if _PROFILE.value else None
-    r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak, profile)
+    extra = {"peak_source": source, "host_memory_kept": kept}
+    r = benchmark(config, size, _STEPS.value, target, _INPUT.value, peak, profile,
+                  on_timed=lambda fields: _print({**fields, **extra}))
   except UserError as e:
     cli.exit_with_user_error(e)
-  r["peak_source"] = source
-  r["host_memory_kept"] = kept
+  if _STEPS.value == 0:  # nothing timed, so nothing printed yet
+    _print({**r, **extra})
+    return
+  tables = [r["profile"]] if "profile" in r else []
   if _COMPARE_TORCH.value:
     t = bench_torch.benchmark(config, random_batch(config, size, target), _STEPS.value,
                               profile=(os.path.join(_PROFILE.value, "torch"), _PROFILE_STEPS.value)
-                              if _PROFILE.value else None)
-    r = {**r, "torch": t["torch_version"], "torch_threads": t["torch_threads"], "torch_step_s": t["torch_step_s"],
-         **({"torch_peak_memory_gib": t["torch_peak_memory_gib"]} if t["torch_peak_memory_gib"] else {}),
-         "ratio_ours_over_torch": r["step_s"] / t["torch_step_s"],
-         **({"torch_profile": t["torch_profile"]} if "torch_profile" in t else {})}
-  _print(r)
+                              if _PROFILE.value else None,
+                              on_timed=lambda t: _print(_torch_fields(r["step_s"], t)))
+    tables += [t["torch_profile"]] if "torch_profile" in t else []
+  for table in tables:  # after the fields, which scripts grep
+    print(table, flush=True)
+
+
+def _torch_fields(step_s: float, t: dict) -> dict:
+  return {"torch": t["torch_version"], "torch_threads": t["torch_threads"], "torch_step_s": t["torch_step_s"],
+          **({"torch_peak_memory_gib": t["torch_peak_memory_gib"]} if t["torch_peak_memory_gib"] else {}),
+          "ratio_ours_over_torch": step_s / t["torch_step_s"]}
 
 
 def _print(fields: dict):
-  tables = {k: fields.pop(k) for k in ("profile", "torch_profile") if k in fields}
   for k, v in fields.items():
     print(f"{k:>22}: {v:.6g}" if isinstance(v, float) else f"{k:>22}: {v}", flush=True)
-  for table in tables.values():  # after the fields, which scripts grep
-    print(table, flush=True)
 
 
 if __name__ == "__main__":

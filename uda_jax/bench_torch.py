@@ -383,10 +383,11 @@ class Step:
     return {"seg_main": seg.detach(), "adv_main": adv.detach(), "loss_d_main": (l_src + l_tgt).detach()}
 
 
-def benchmark(config, batch, num_steps, device=None, num_threads=None, profile=None):
+def benchmark(config, batch, num_steps, device=None, num_threads=None, profile=None, on_timed=None):
   """Median wall time of `num_steps` official torch iterations after one warm-up, on the same batch; with
   `profile` (directory, steps), then that many iterations under torch.profiler (a Chrome trace in the directory,
-  and the table of the ops that took the most device or CPU time under 'torch_profile').
+  and the table of the ops that took the most device or CPU time under 'torch_profile'). `on_timed(fields)` is
+  called with the timed fields before the profile.
 
   Runs on the GPU when JAX does and torch has CUDA, else on the CPU with `num_threads` intra-op threads (default:
   every core this process may use, as XLA:CPU does). Time it after our step, not before: torch's OpenMP workers
@@ -414,15 +415,17 @@ def benchmark(config, batch, num_steps, device=None, num_threads=None, profile=N
   if device == "cuda":
     torch.cuda.synchronize()
   peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-  extra = {}
+  out = {"torch_version": f"{torch.__version__} ({device})", "torch_step_s": float(np.median(times)),
+         "torch_peak_memory_gib": peak,
+         "torch_threads": n_threads, "torch_params": num_params(step.seg, step.discs), "torch_first_losses": first}
+  if on_timed:
+    on_timed(dict(out))
   if profile:
     try:
-      extra["torch_profile"] = _profile(torch, step, device, *profile)
+      out["torch_profile"] = _profile(torch, step, device, *profile)
     except Exception as e:  # pylint: disable=broad-except  # keep the timed figures
-      extra["torch_profile"] = f"torch profile: not taken ({type(e).__name__}: {e})"
-  return {**extra, "torch_version": f"{torch.__version__} ({device})", "torch_step_s": float(np.median(times)),
-          "torch_peak_memory_gib": peak,
-          "torch_threads": n_threads, "torch_params": num_params(step.seg, step.discs), "torch_first_losses": first}
+      out["torch_profile"] = f"torch profile: not taken ({type(e).__name__}: {e})"
+  return out
 
 
 def _profile(torch, step, device, log_dir, num_steps, top=25):

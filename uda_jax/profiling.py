@@ -19,6 +19,7 @@ import jax
 CPU_FLAGS = ("--xla_cpu_enable_xprof_traceme=true",)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_AGGREGATE_LINES = ("XLA Modules", "Steps", "XLA TraceMe", "Source code")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s+\(.*\)\s+->\s+.*\{\s*$")
 
 
@@ -48,7 +49,8 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
   opcode, 'fusion:<kind>' ('+dot' / '+convolution' when the fused computation holds one: a matmul fused with its
   elementwise neighbours, which is where XLA:CPU's YNNPACK fusions and GPU Triton GEMMs put them) or
   'custom-call:<target>'; op_name the JAX source path of its metadata."""
-  out, calls, opcodes, computation = {}, {}, collections.defaultdict(set), ""
+  out, calls, computation = {}, {}, ""
+  opcodes, nested = collections.defaultdict(set), collections.defaultdict(set)  # per computation
   for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
     if header:
@@ -69,13 +71,18 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
       c = re.search(r"\bcalls=%?([\w.\-]+)", rest)
       if c:
         calls[m.group(1)] = c.group(1)
+        nested[computation].add(c.group(1))
     elif kind == "custom-call":
       t = re.search(r'custom_call_target="([^"]+)"', rest)
       kind += f":{t.group(1)}" if t else ""
     op = _OP_NAME.search(rest)
     out[m.group(1)] = (kind, op.group(1) if op else "")
+  def all_opcodes(computation, seen=()):  # a fusion's own and its nested fusions'
+    return opcodes[computation].union(*(all_opcodes(c, (*seen, computation)) for c in nested[computation]
+                                        if c not in seen))
+
   for name, called in calls.items():
-    heavy = [k for k in ("dot", "convolution") if k in opcodes[called]]
+    heavy = [k for k in ("dot", "convolution") if k in all_opcodes(called)]
     if heavy:
       out[name] = (out[name][0] + "+" + heavy[0], out[name][1])
   return out
@@ -93,39 +100,63 @@ def _skip_shape(text: str) -> str:
   return ""
 
 
-def op_times(log_dir: str) -> tuple[str, dict[str, float], dict[str, int]]:
-  """(module, {hlo_op: seconds}, {hlo_op: events}) of the newest trace under `log_dir`, for the HLO module that
-  took the most time there (the step, not the small programs around it): device planes' events when the trace
-  has any (GPU, TPU), else the host's (CPU thunks)."""
-  files = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
-  if not files:
-    raise FileNotFoundError(f"no *.xplane.pb under {log_dir}: the profiler wrote no trace")
-  data = jax.profiler.ProfileData.from_file(files[-1])
+def op_times(log_dir: str) -> tuple[str, dict[str, float], dict[str, int], str]:
+  """(module, {hlo_op: seconds}, {hlo_op: events}, whose events) of the newest trace under `log_dir`, for the HLO module that
+  took the most time there (the step, not the small programs around it): the device's op events when the trace
+  has any (GPU, TPU: the host's launch events carry hlo_op too), else the host's (CPU thunks). Self time: an
+  event nested in another on its line (a while loop's body in the loop) is taken out of its parent's time."""
+  data = jax.profiler.ProfileData.from_file(_newest(log_dir))
+  device = [p for p in data.planes if p.name.startswith("/device:")]
+  lines = [l for p in device or data.planes for l in p.lines]
+  ops = [l for l in lines if l.name == "XLA Ops"]  # TPU: beside it, "XLA Modules" and "Steps" span the same time
+  lines = ops or [l for l in lines if l.name not in _AGGREGATE_LINES and not l.name.startswith("Framework")]
   times, counts = collections.defaultdict(float), collections.Counter()
-  # On an accelerator the host's launch events carry hlo_op too: count only the device's kernels there.
-  planes = [p for p in data.planes if p.name.startswith("/device:")] or list(data.planes)
-  for plane in planes:
-    for line in plane.lines:
+  for line in lines:
+    for key, seconds in _self_times(line.events):
+      times[key] += seconds
+      counts[key] += 1
+  if not times and device:  # a runtime that does not tag its events: each device event by its own (kernel) name
+    for line in lines:
       for event in line.events:
-        stats = dict(event.stats)
-        if "hlo_op" in stats:
-          key = (str(stats.get("hlo_module", "")), str(stats["hlo_op"]))
-          times[key] += event.duration_ns * 1e-9
-          counts[key] += 1
-  if not times:  # a runtime that does not tag its events: each device event by its own (kernel) name
-    for plane in (p for p in planes if p.name.startswith("/device:")):
-      for line in plane.lines:
-        for event in line.events:
-          times[("", event.name)] += event.duration_ns * 1e-9
-          counts[("", event.name)] += 1
+        times[("", event.name)] += event.duration_ns * 1e-9
+        counts[("", event.name)] += 1
   if not times:
-    return "", {}, {}
+    return "", {}, {}, ""
   per_module = collections.defaultdict(float)
   for (module, _), t in times.items():
     per_module[module] += t
   module = max(per_module, key=per_module.get)
   return (module, {op: t for (m, op), t in times.items() if m == module},
-          {op: c for (m, op), c in counts.items() if m == module})
+          {op: c for (m, op), c in counts.items() if m == module},
+          "device events" if device else "host thunk events, overlapping where thunks ran concurrently")
+
+
+def _newest(log_dir: str) -> str:
+  files = sorted(glob.glob(os.path.join(log_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
+  if not files:
+    raise FileNotFoundError(f"no *.xplane.pb under {log_dir}: the profiler wrote no trace")
+  return files[-1]
+
+
+def _self_times(events):
+  """((module, hlo_op), seconds) per tagged event of one line (one thread or stream), less the time of the
+  tagged events nested in it."""
+  tagged = []
+  for event in events:
+    stats = dict(event.stats)
+    if "hlo_op" in stats:
+      tagged.append((event.start_ns, event.end_ns, (str(stats.get("hlo_module", "")), str(stats["hlo_op"]))))
+  tagged.sort(key=lambda e: (e[0], -e[1]))
+  out, stack = [], []  # stack: [end_ns, key, self ns] of the open events
+  for start, end, key in tagged:
+    while stack and stack[-1][0] <= start:
+      _, k, ns = stack.pop()
+      out.append((k, ns * 1e-9))
+    if stack:
+      stack[-1][2] -= min(end, stack[-1][0]) - start
+    stack.append([end, key, end - start])
+  out.extend((k, ns * 1e-9) for _, k, ns in reversed(stack))
+  return out
 
 
 def profile(step, states, num_steps, log_dir, hlo_text, top=25):
@@ -141,22 +172,22 @@ def profile(step, states, num_steps, log_dir, hlo_text, top=25):
 
 def summary(log_dir: str, hlo_text: str, num_steps: int, top: int = 25) -> str:
   """A table per kind of work and of the `top` instructions, in milliseconds per step."""
-  module, times, counts = op_times(log_dir)
+  module, times, counts, source = op_times(log_dir)
   if not times:
     return (f"profile: no HLO op events in the trace under {log_dir} (on a CPU set XLA_FLAGS="
-            f"{' '.join(CPU_FLAGS)} before JAX starts)")
+            f"{' '.join(CPU_FLAGS)} before JAX starts; on a GPU the profiler needs CUPTI)")
   info = instructions(hlo_text)
   total = sum(times.values())
   per_kind = collections.defaultdict(float)
   for op, t in times.items():
     per_kind[info.get(op, ("?", ""))[0]] += t
   lines = [f"profile: module {module}, {len(times)} HLO ops, {1e3 * total / num_steps:.1f} ms of op time per step "
-           f"(trace: {log_dir})", f"{'ms/step':>9} {'share':>6}  kind"]
+           f"({source}; trace: {log_dir})", f"{'ms/step':>9} {'share':>6}  kind"]
   for kind, t in sorted(per_kind.items(), key=lambda kv: -kv[1]):
     lines.append(f"{1e3 * t / num_steps:9.2f} {t / total:6.1%}  {kind}")
-  lines.append(f"{'ms/step':>9} {'share':>6} {'calls':>5}  op  kind  source")
+  lines.append(f"{'ms/step':>9} {'share':>6} {'events':>6}  op  kind  source")
   for op, t in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
     kind, source = info.get(op, ("?", ""))
-    lines.append(f"{1e3 * t / num_steps:9.2f} {t / total:6.1%} {counts[op] / num_steps:5.0f}  {op}  {kind}  "
+    lines.append(f"{1e3 * t / num_steps:9.2f} {t / total:6.1%} {counts[op] / num_steps:6.0f}  {op}  {kind}  "
                  f"{source[-120:]}")
   return "\n".join(lines)

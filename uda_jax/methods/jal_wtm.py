@@ -87,7 +87,10 @@ def transferred_logits(params, outputs, level, config, size):
 def losses(params, states, batch, rng, config, axis_name=None):
   cfg = config.loss
   out_s, out_t, stats, l_seg, metrics = adaptsegnet.forward(params, states, batch, config, axis_name, rng)  # eq. 1, 4
-  w = pixel_weights.target_weights(out_t, config) or {}  # GenMap per level (loss.genmap_weights), else none
+  size_s, size_t = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
+  z_t = {l: transferred_logits(params, out_t, l, config, size_t) for l in cfg.wtm_levels}  # eq. 7, target side
+  predicted = {**out_t, "main": z_t["main"]} if "main" in z_t else out_t  # DecT2 predicts (inference_segmenters)
+  w = pixel_weights.target_weights(out_t, config, predicted) or {}  # GenMap (loss.genmap_weights), else none
   w_disc = w if cfg.weight_disc else {}
   adv, per_disc, adv_metrics = adaptsegnet.output_space(params, states, out_s, out_t, config, w,
                                                         cfg.weight_disc)  # eq. 2-4
@@ -98,8 +101,7 @@ def losses(params, states, batch, rng, config, axis_name=None):
                                           w.get("main"), grid)
     per_state["seg"] += cfg.lambda_adv_jal * metrics["adv_jal"]
   if cfg.wtm_levels:
-    size_s, size_t = batch["source_image"].shape[1:3], batch["target_image"].shape[1:3]
-    p_t = {l: jax.nn.softmax(transferred_logits(params, out_t, l, config, size_t), -1) for l in cfg.wtm_levels}
+    p_t = {l: jax.nn.softmax(z, -1) for l, z in z_t.items()}
     low = "aux" if "aux" in cfg.wtm_levels else "main"
     p_s = jax.nn.softmax(transferred_logits(params, out_s, low, config, size_s), -1)
     per_state[D_WTM], metrics[f"{D_WTM}_acc"] = adaptsegnet.discriminator_loss(

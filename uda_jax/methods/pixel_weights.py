@@ -3,8 +3,8 @@ terms, so that confidently predicted target pixels are aligned less.
 
   p*_t   max softmax of the target prediction, per pixel (loss.genmap_from: 'ensemble', MRNet's z_main + 0.5 z_aux
          (z_main for a single-level model); 'prediction', the logits the run predicts with, z_main +
-         eval.aux_weight z_aux (z_main alone in AdaptSegNet and JAL, which evaluate on Dec2; the ensemble in
-         MRNet, whose eval.aux_weight is 0.5); or 'level', each level's own map)
+         eval.aux_weight z_aux (z_main alone in AdaptSegNet; in JAL + WTM, DecT2's when Dec2 has a WTM; the
+         ensemble in MRNet, whose eval.aux_weight is 0.5); or 'level', each level's own map)
   d      0.01 where p*_t > T, exp(-p*_t) elsewhere                                          eq. 3, T = 0.9
   w      d + mu, stop-gradient                                                              eq. 4, mu = 0.1
 
@@ -62,10 +62,14 @@ def genmap_logits(outputs, level, config):
   return models.prediction_logits(outputs, aux_weight if "aux" in outputs else 0.0)
 
 
-def target_weights(out_t, config):
-  """{level: w [N,H,W]} at the image size of the upsampled target logits, or None without loss.genmap_weights."""
+def target_weights(out_t, config, predicted=None):
+  """{level: w [N,H,W]} at the image size of the upsampled target logits, or None without loss.genmap_weights.
+  `predicted`: the outputs the run predicts with where its heads are not out_t's (JAL + WTM's DecT2), for
+  genmap_from='prediction'."""
   cfg = config.loss
   if not cfg.genmap_weights:
     return None
+  if cfg.genmap_from == "prediction" and predicted is not None:
+    out_t = predicted
   return {level: genmap(genmap_logits(out_t, level, config), cfg.genmap_threshold, cfg.genmap_mu)
           for level in common.levels(config)}
