@@ -56,6 +56,7 @@ ENTRY %main.9 (a: f32[4,8], b: f32[8,2]) -> (f32[4,2], s32[]) {
   %b = f32[8,2]{1,0} parameter(1)
   %gemm_fusion.3 = f32[4,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation, metadata={op_name="s/dot"}
   %loop_negate_fusion = f32[4,2]{1,0} fusion(%gemm_fusion.3), kind=kLoop, calls=%fused_computation.1
+  %cudnn_fusion.1 = f32[4,2] fusion(%a), kind=kCustom, calls=%fused_computation.1, backend_config={"kind":"__cudnn$f"}
   %cudnn-conv.2 = (f32[4,2], u8[]) custom-call(%a, %b), custom_call_target="__cudnn$convForward", metadata={op_name="c"}
   %get-tuple-element.1 = f32[4,2]{1,0} get-tuple-element(%cudnn-conv.2), index=0
   ROOT %tuple = (f32[4,2]{1,0}, s32[]) tuple(%loop_negate_fusion, %get-tuple-element.1)
@@ -67,6 +68,7 @@ def test_kinds_of_a_gpu_style_module_by_hand():
   info = profiling.instructions(_HLO)
   assert info["gemm_fusion.3"] == ("fusion:kCustom+dot", "s/dot")
   assert info["loop_negate_fusion"] == ("fusion:kLoop", "")
+  assert info["cudnn_fusion.1"] == ("fusion:kCustom(__cudnn$f)", "")
   assert info["cudnn-conv.2"] == ("custom-call:__cudnn$convForward", "c")
   assert info["get-tuple-element.1"][0] == "get-tuple-element" and info["tuple"][0] == "tuple"
   assert info["dot.1"][0] == "dot" and info["a"][0] == "parameter"

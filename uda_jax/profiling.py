@@ -46,8 +46,9 @@ def trace(step, states, num_steps, log_dir):
 
 def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
   """{instruction name: (kind, op_name)} for every instruction of a compiled module's HLO text: kind is the
-  opcode, 'fusion:<kind>' ('+dot' / '+convolution' when the fused computation holds one: a matmul fused with its
-  elementwise neighbours, which is where XLA:CPU's YNNPACK fusions and GPU Triton GEMMs put them) or
+  opcode, 'fusion:<kind>' (with the backend's fusion kind in brackets where it names one, e.g. __triton_gemm,
+  __cudnn$fusion, __ynn_fusion; '+dot' / '+convolution' when the fused computation holds one: a matmul fused
+  with its elementwise neighbours) or
   'custom-call:<target>'; op_name the JAX source path of its metadata."""
   out, calls, computation = {}, {}, ""
   opcodes, nested = collections.defaultdict(set), collections.defaultdict(set)  # per computation
@@ -68,6 +69,8 @@ def instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
     if kind == "fusion":
       k = re.search(r"\bkind=(\w+)", rest)
       kind += f":{k.group(1)}" if k else ""
+      b = re.search(r'"kind":"(__[^"]+)"', rest)  # the backend's own fusion: __triton_gemm, __cudnn$fusion, ...
+      kind += f"({b.group(1)})" if b else ""
       c = re.search(r"\bcalls=%?([\w.\-]+)", rest)
       if c:
         calls[m.group(1)] = c.group(1)
@@ -101,10 +104,10 @@ def _skip_shape(text: str) -> str:
 
 
 def op_times(log_dir: str) -> tuple[str, dict[str, float], dict[str, int], str]:
-  """(module, {hlo_op: seconds}, {hlo_op: events}, whose events) of the newest trace under `log_dir`, for the HLO module that
-  took the most time there (the step, not the small programs around it): the device's op events when the trace
-  has any (GPU, TPU: the host's launch events carry hlo_op too), else the host's (CPU thunks). Self time: an
-  event nested in another on its line (a while loop's body in the loop) is taken out of its parent's time."""
+  """(module, {hlo_op: seconds}, {hlo_op: events}, whose events) of the newest trace under `log_dir`, for the HLO
+  module that took the most time there (the step, not the small programs around it): the device's op events when
+  the trace has any (GPU, TPU: the host's launch events carry hlo_op too), else the host's (CPU thunks). Self
+  time: an event nested in another on its line (a while loop's body in the loop) is taken out of its parent's."""
   data = jax.profiler.ProfileData.from_file(_newest(log_dir))
   device = [p for p in data.planes if p.name.startswith("/device:")]
   lines = [l for p in device or data.planes for l in p.lines]
