@@ -11,7 +11,7 @@
 set -euo pipefail
 root=${1:-runs/toy_table}
 seeds=${SEEDS:-"0 1 2"}
-variants=${VARIANTS:-"source_only single_level multi_level oracle fada_src fada fada_src_jitter fada_binary jal jal_wtm mrnet genmap genmap_dismap lsdseg_src lsdseg multi_level_genmap fada_genmap"}
+variants=${VARIANTS:-"source_only single_level multi_level oracle fada_src fada fada_src_jitter fada_binary jal jal_wtm mrnet genmap genmap_dismap lsdseg_src lsdseg multi_level_genmap multi_level_genmap_pred fada_genmap"}
 declare -A configs=([source_only]="adaptsegnet.py:toy,source_only" [single_level]="adaptsegnet.py:toy,single_level"
                     [multi_level]="adaptsegnet.py:toy" [oracle]="adaptsegnet.py:toy,oracle"
                     [fada_src]="fada.py:toy,src" [fada]="fada.py:toy,adv" [fada_binary]="fada.py:toy,adv,binary"
@@ -19,7 +19,7 @@ declare -A configs=([source_only]="adaptsegnet.py:toy,source_only" [single_level
                     [mrnet]="pixel_weighted.py:toy,mrnet" [genmap]="pixel_weighted.py:toy,genmap"
                     [genmap_dismap]="pixel_weighted.py:toy" [lsdseg_src]="lsdseg.py:toy,source_only"
                     [lsdseg]="lsdseg.py:toy" [multi_level_genmap]="adaptsegnet.py:toy,genmap"
-                    [fada_genmap]="fada.py:toy,adv,genmap")
+                    [multi_level_genmap_pred]="adaptsegnet.py:toy,genmap" [fada_genmap]="fada.py:toy,adv,genmap")
 for variant in $variants; do
   for seed in $seeds; do
     dir="$root/$variant/seed$seed"
@@ -28,6 +28,7 @@ for variant in $variants; do
     extra=()
     case $variant in
       fada|fada_binary|fada_genmap) extra=(--config.init_from="$root/fada_src/seed$seed") ;;
+      multi_level_genmap_pred) extra=(--config.loss.genmap_from=prediction) ;;
       fada_src_jitter) extra=(--config.init_from="$root/fada_src/seed$seed"
                               "--config.data.source_aug.jitter=(0.5,0.5,0.5,0.2)") ;;
     esac
