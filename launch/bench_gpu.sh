@@ -78,7 +78,7 @@ case "${1:-compare}" in
     LIMIT=${LIMIT:-230} run fada_bf16_profile --config configs/fada.py:adv "${big[@]}" --steps 3 --compare_torch \
       --config.data.batch_size=2 --config.model.dtype=bfloat16 --profile "$p/fada_bf16" --profile_steps 2
     for f in "$out/asn_f32_profile.log" "$out/fada_bf16_profile.log"; do  # both tables, whole
-      [ -f "$f" ] && sed -n '/^profile: /,$p' "$f"
+      if [ -f "$f" ]; then sed -n '/^profile: /,$p' "$f"; fi
     done
     ;;
   *) echo "unknown part '$1' (compare | fada | memory | last | lease | profile)" >&2; exit 2 ;;

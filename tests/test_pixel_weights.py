@@ -213,6 +213,7 @@ def test_jal_wtm_reads_prediction_weights_from_the_transferred_decoder(monkeypat
 
   got, dec2, dect2 = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P(), P("data")), out_specs=P("data")))(
       params, batch)
-  assert not np.allclose(dect2, dec2, atol=1e-3)  # DecT2 differs from Dec2 here
+  assert not np.allclose(dect2, dec2, atol=1e-3)  # DecT2 differs from Dec2 here, and so do their GenMaps
+  assert not np.allclose(got["main"], pixel_weights.genmap(dec2, 0.2, c.loss.genmap_mu), atol=1e-6)
   for level in ("main", "aux"):
     np.testing.assert_allclose(got[level], pixel_weights.genmap(dect2, 0.2, c.loss.genmap_mu), atol=1e-6)

@@ -96,6 +96,12 @@ def test_a_profiler_that_cannot_start_costs_nothing_but_the_table(monkeypatch, t
   monkeypatch.setattr(jax.profiler, "start_trace", fail)
   states, table = profiling.profile(lambda state, i: pytest.fail("stepped"), "states", 2, str(tmp_path), "")
   assert states == "states" and table == "profile: not taken: the profiler did not start (RuntimeError: no CUPTI)"
+  monkeypatch.undo()
+
+  def oom(state, i):
+    raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+  _, table = profiling.profile(oom, "states", 2, str(tmp_path), "")
+  assert table == "profile: not taken: a traced step failed (RuntimeError: RESOURCE_EXHAUSTED: out of memory)"
 
 
 Event = collections.namedtuple("Event", "start_ns end_ns stats")

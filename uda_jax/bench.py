@@ -129,7 +129,8 @@ def _batches(config, input_mode, size, target_size):
 
 def benchmark(config, size, num_steps, target_size=None, input_mode="random", peak=None, profile=None,
               on_timed=None):
-  """Compiles and times the step; returns the printed fields. `peak`: TFLOP/s per device (None: unknown).
+  """Compiles and times the step; returns the printed fields (and the profile table). `peak`: TFLOP/s per device
+  (None: unknown).
   With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them. `profile`: (directory,
   steps) to trace after the timing; the field 'profile' then holds profiling.summary's table. `on_timed(fields)`
   is called once the timed fields are known, before the profile (the CLI prints them there, so that a profiler

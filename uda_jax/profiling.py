@@ -163,8 +163,12 @@ def _self_times(events):
 
 
 def profile(step, states, num_steps, log_dir, hlo_text, top=25):
-  """(states, summary table) of `num_steps` traced steps; the table says why when there is none."""
-  states, why = trace(step, states, num_steps, log_dir)
+  """(states, summary table) of `num_steps` traced steps; the table says why when there is none (a step that
+  fails under the profiler, out of memory say, included: the caller has its timed figures already)."""
+  try:
+    states, why = trace(step, states, num_steps, log_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    return states, f"profile: not taken: a traced step failed ({type(e).__name__}: {str(e)[:300]})"
   if why:
     return states, f"profile: not taken: {why}"
   try:
