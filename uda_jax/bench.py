@@ -133,8 +133,8 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
   (None: unknown).
   With input_mode="pipeline", `size` and `target_size` are ignored: the data sets them. `profile`: (directory,
   steps) to trace after the timing; the field 'profile' then holds profiling.summary's table. `on_timed(fields)`
-  is called once the timed fields are known, before the profile (the CLI prints them there, so that a profiler
-  that crashes or overruns a time limit cannot take them along)."""
+  is called once the fields are known (timed, or compiled only at num_steps=0), before the profile: the CLI
+  prints them there, so that a profiler that crashes or overruns a time limit cannot take them along."""
   b = config.data.batch_size
   mesh = _mesh(config)  # a bad batch size fails before any input is read
   batches = _batches(config, input_mode, size, target_size)
@@ -161,7 +161,10 @@ def benchmark(config, size, num_steps, target_size=None, input_mode="random", pe
     info["cpu_bn_kernel"] = bn_kernel.enabled()  # training-mode BatchNorm as a C++ kernel (uda_jax.kernels)
     info["cpu_conv_kernel"] = conv_kernel.enabled()  # stride-1 convs as C++ kernels
   if num_steps == 0:
-    return {**info, "mfu": "n/a (--steps 0 compiles only)"}
+    info["mfu"] = "n/a (--steps 0 compiles only)"
+    if on_timed:
+      on_timed(dict(info))
+    return info
   states, (step_s,) = _time_steps([compiled], states, gb, num_steps)
   states, input_s, fed_s = _time_fed(compiled, states, mesh, batches(1), num_steps)
   wait_s = max(0.0, fed_s - step_s)  # below 0 is timing noise: the host kept up
@@ -427,9 +430,6 @@ def main(argv):
                   on_timed=lambda fields: _print({**fields, **extra}))
   except UserError as e:
     cli.exit_with_user_error(e)
-  if _STEPS.value == 0:  # nothing timed, so nothing printed yet
-    _print({**r, **extra})
-    return
   tables = [r["profile"]] if "profile" in r else []
   if _COMPARE_TORCH.value:
     t = bench_torch.benchmark(config, random_batch(config, size, target), _STEPS.value,
